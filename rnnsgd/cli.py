@@ -41,7 +41,7 @@ def load_yaml(path: str) -> Any:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from rnnsgd.config import TrialConfig
-    from rnnsgd.train import train
+    from rnnsgd.train import resolve_device, train
 
     flat: dict[str, Any] = {}
     if args.config:
@@ -52,6 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     flat.update(parse_sets(args.set))
     try:
         cfg = TrialConfig.from_flat(flat)
+        resolve_device(cfg.train.device)  # train.device=cuda on a machine without one is bad input here
     except ValueError as e:
         raise BadInput(str(e)) from None
 
@@ -73,6 +74,60 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_sweep_target(target: str, variant: str | None, sets: dict[str, str], tracking_uri: str | None):
+    """A sweep file, or the name of a sweep MLflow already holds (its parent run stored the definition)."""
+    from rnnsgd.sweep.spec import load_sweep
+    from rnnsgd.sweep.tracking import stored_sweep
+
+    if Path(target).is_file() or target.endswith((".yaml", ".yml")):
+        return load_sweep(target, variant, sets)
+    if variant is not None:
+        raise BadInput(f"{target}: --variant: a sweep read back by name has its variant already")
+    return stored_sweep(target, tracking_uri, sets)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from rnnsgd.sweep.spec import SweepError
+
+    sets = parse_sets(args.set)
+    try:
+        sweep = load_sweep_target(args.file, args.variant, sets, args.tracking_uri)
+        if args.dry_run:
+            print(f"{sweep.source}: sweep {sweep.name}: {len(sweep.points)} points")
+            for i, block in enumerate(sweep.blocks):
+                axes = " x ".join(f"{a.label} ({len(a.values)})" for a in block.axes) or "no axes"
+                print(f"  {f'block {i}: ' if len(sweep.blocks) > 1 else ''}{axes}")
+            for p in sweep.points:
+                print(f"  {p.point_id}  {p.label()}")
+            return 0
+        from rnnsgd.sweep.runner import run_sweep
+
+        report = run_sweep(sweep, tracking_uri=args.tracking_uri, storage=args.storage, resume=args.resume)
+    except SweepError as e:
+        raise BadInput(str(e)) from None
+    except KeyboardInterrupt:
+        print("rnnsgd sweep: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    print(report.summary() + f" (wall {report.wall_s:.0f} s)")
+    print(f"open the results: {report.ui_command()}")
+    if report.missing:
+        print(f"resume with: rnnsgd sweep {args.file}" + (f" --variant {args.variant}" if args.variant else ""))
+    return report.exit_code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rnnsgd.sweep.spec import SweepError
+    from rnnsgd.sweep.status import sweep_status
+
+    try:
+        sweep = load_sweep_target(args.sweep, args.variant, parse_sets(args.set), args.tracking_uri)
+        _, text = sweep_status(sweep, args.tracking_uri)
+    except SweepError as e:
+        raise BadInput(str(e)) from None
+    print(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnnsgd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,6 +137,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the final metrics as one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sweep", help="run a sweep file's grid as Ray Tune trials tracked in MLflow (docs/sweeps.md)")
+    p.add_argument("file", metavar="FILE", help="sweep file (sweeps/*.yaml), or with --resume a sweep's name")
+    p.add_argument("--variant", help="which of the file's variants to run (smoke, full, ...)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (model.m=64; a list makes an axis: data.L=[4,8]) or a sweep key "
+                        "(concurrency=4, resources.gpu=0.25, seeds=5, grid.data.N={log2: [6, 9]})")  # fmt: skip
+    p.add_argument("--resume", action="store_true",
+                   help="require that the sweep ran before (re-running always resumes: done points are skipped)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, the file's "
+                                          "tracking_uri, else sqlite:///<cwd>/runs/mlflow.db)")  # fmt: skip
+    p.add_argument("--storage", help="Ray storage path or URI for checkpoints (default: <cwd>/runs/ray)")
+    p.add_argument("--dry-run", action="store_true", help="validate and list the grid points; run nothing")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("status", help="a sweep's coverage in MLflow: done, failed, running, missing, per axis value")
+    p.add_argument("sweep", metavar="FILE|NAME", help="sweep file, or the name of a sweep that has run")
+    p.add_argument("--variant", help="which of the file's variants")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for `rnnsgd sweep`")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (as for `rnnsgd sweep`)")
+    p.set_defaults(func=cmd_status)
     return parser
 
 

@@ -76,6 +76,8 @@ def parse_phi(spec: str) -> Phi:
             coeffs = tuple(float(c) for c in s[5:].split(":"))
         except ValueError:
             raise ValueError(f"{spec!r}: poly coefficients must be numbers, e.g. poly:0:1:0.5") from None
+        if not all(math.isfinite(c) for c in coeffs):
+            raise ValueError(f"{spec!r}: poly coefficients must be finite numbers")
         if coeffs[0] != 0:
             raise ValueError(f"{spec!r}: constant term {coeffs[0]} gives Phi(0) != 0; c0 must be 0")
         if not any(coeffs[1:]):
@@ -102,11 +104,12 @@ def _degrees(phi: Phi, scale: float) -> int:
 
 def complexity_eps(phi: Phi, R: float, eps: float, C_star: float = 1e4) -> float:
     """C_eps(Phi, R) = sum_i ((C* R)^i + (sqrt(log(1/eps) / i) C* R)^i) |c_i|  (Section 3, 'complexity')."""
-    n = _degrees(phi, C_star * R * max(1.0, math.sqrt(math.log(1 / eps))))
+    log_inv_eps = max(math.log(1 / eps), 0.0)  # eps >= 1 has no second term (and no sqrt of a negative)
+    n = _degrees(phi, C_star * R * max(1.0, math.sqrt(log_inv_eps)))
     i = np.arange(1, n + 1, dtype=np.float64)
     log_c = phi.log_abs_coeffs(n)
     a = i * math.log(C_star * R) + log_c
-    b = i * (0.5 * np.log(max(math.log(1 / eps), 1e-300) / i) + math.log(C_star * R)) + log_c
+    b = i * (0.5 * np.log(max(log_inv_eps, 1e-300) / i) + math.log(C_star * R)) + log_c
     return _log_sum(np.concatenate([a, b]))
 
 
@@ -169,7 +172,7 @@ class Teacher:
             if self.task == "parity":
                 # prod over i < j of sign(<w*, x*_i>): a degree-(j-2) parity, outside the class
                 z = torch.einsum("nid,irsd->nirs", x_star[:, 1:t], self.w[t, 1:t])
-                y[:, t] = torch.sign(z).prod(dim=(1, 2))
+                y[:, t] = torch.sign(z).flatten(1, 2).prod(dim=1)  # prod takes one dim: (n, i*r, s) -> (n, s)
             elif self.task == "lags":
                 for k, lag in enumerate(self.lags):
                     if t - lag < 1:
@@ -229,7 +232,7 @@ def make_teacher(
 
 
 def loss_and_grad(name: str, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """G(z, y) over the last axis (..., d) -> (...) and dG/dz (..., d). Convex and 1-Lipschitz in z except mse.
+    """G(z, y) over the last axis (..., d) -> (...) and dG/dz (..., d). Convex, 1-Lipschitz in z except mse.
 
     l2: ||z - y||_2 (the paper's default); l1: ||z - y||_1; huber: unit-slope Huber per coordinate;
     xent: KL(softmax(y) || softmax(z)) / sqrt 2 (softmax cross-entropy with soft labels, minus their

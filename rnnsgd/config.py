@@ -31,7 +31,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    task: str = "paper"  # paper: sum over all i < j (eq. 3.1); long_range: y_L = Phi(<w*, x*_2>); lags; parity
+    task: str = (
+        "paper"  # paper: sum over all i < j (eq. 3.1); long_range: y_L = Phi(<w*, x*_2>); lags; parity
+    )
     L: int = 8  # sequence length: tokens at positions 2..L-1, labels at 3..L
     N: int = 512  # training-set size (ignored when online)
     d_x: int = 4  # raw token dimension, including the fixed last coordinate 1/2
@@ -51,14 +53,18 @@ class TrainConfig:
     loss: str = "l2"  # G(z, y): l2 (unsquared, default), l1, huber, xent; mse is outside the theorem
     schedule: str = "practical"  # how lambda, eta, T follow from (eps, L, m): see `schedule`
     eps: float = 0.1  # target excess risk; sets lambda, eta, T through the schedule
-    c_lambda: float = 4.0  # multipliers of the schedule's formulas (practical defaults: a CPU probe, see README)
+    c_lambda: float = (
+        4.0  # multipliers of the schedule's formulas (practical defaults: a CPU probe, see README)
+    )
     c_eta: float = 0.3
     c_T: float = 1.0
     T: int = 0  # step budget; 0 takes it from the schedule
     batch: int = 1  # samples per SGD step: 1 is the paper's SGD, more is a documented deviation
     evals_per_decade: int = 8  # evaluations on a geometric grid of steps
-    plateau_tol: float = 0.02  # stop when the train objective fell by less than this fraction over a doubling
-    min_steps: int = 1000  # never call a plateau before this many steps
+    plateau_tol: float = (
+        0.02  # stop when the train objective fell by less than this fraction in the last 3/4 of
+    )
+    min_steps: int = 10000  # the steps so far, but never before min_steps
     diverge_factor: float = 100.0  # objective above this multiple of its initial value counts as diverged
     probe: int = 64  # probe batch of test inputs for the diagnostics (JVP, flips, drift)
     device: str = "auto"  # auto: cuda when available, else cpu
@@ -85,6 +91,8 @@ class TrialConfig:
         """Build from dotted keys ("model.m": 256); unknown keys and wrong types raise ValueError."""
         parts: dict[str, dict[str, Any]] = {f.name: {} for f in dataclasses.fields(cls)}
         for key, raw in flat.items():
+            if not isinstance(key, str):  # e.g. a YAML file with a number as a key
+                raise ValueError(f"{key!r}: keys are dotted strings such as model.m")
             section, _, name = key.partition(".")
             types_ = _field_types(section)
             if types_ is None or name not in types_:
@@ -182,7 +190,11 @@ def validate(cfg: TrialConfig) -> None:
     mo, da, tr = cfg.model, cfg.data, cfg.train
     _require(mo.m >= 1, "model.m", f"must be a positive integer, got {mo.m}")
     _require(mo.w_var > 0, "model.w_var", f"must be > 0, got {mo.w_var}")
-    _require(mo.activation in ACTIVATIONS, "model.activation", f"must be one of {ACTIVATIONS}, got {mo.activation!r}")
+    _require(
+        mo.activation in ACTIVATIONS,
+        "model.activation",
+        f"must be one of {ACTIVATIONS}, got {mo.activation!r}",
+    )
     _require(da.task in TASKS, "data.task", f"must be one of {TASKS}, got {da.task!r}")
     _require(da.L >= 3, "data.L", f"must be >= 3 (labels live at positions 3..L), got {da.L}")
     _require(da.N >= 1, "data.N", f"must be >= 1, got {da.N}")
@@ -196,10 +208,16 @@ def validate(cfg: TrialConfig) -> None:
         except ValueError as e:
             raise ValueError(f"data.phi: {e}") from None
     if da.task == "lags":
-        _require(len(da.lags) >= 1 and all(1 <= g <= da.L - 3 for g in da.lags), "data.lags",
-                 f"each lag must be in 1..L-3 = 1..{da.L - 3} so that some label sees it, got {da.lags}")
-        _require(len(da.phi) in (1, len(da.lags)), "data.phi",
-                 f"give one Phi or one per lag ({len(da.lags)}), got {len(da.phi)}")
+        _require(
+            len(da.lags) >= 1 and all(1 <= g <= da.L - 3 for g in da.lags),
+            "data.lags",
+            f"each lag must be in 1..L-3 = 1..{da.L - 3} so that some label sees it, got {da.lags}",
+        )
+        _require(
+            len(da.phi) in (1, len(da.lags)),
+            "data.phi",
+            f"give one Phi or one per lag ({len(da.lags)}), got {len(da.phi)}",
+        )
     else:
         _require(len(da.phi) == 1, "data.phi", f"task {da.task!r} takes one Phi, got {len(da.phi)}")
     _require(0 < da.eps_x <= 1, "data.eps_x", f"must be in (0, 1], got {da.eps_x}")
@@ -237,7 +255,7 @@ def schedule(cfg: TrialConfig) -> Schedule:
     practical (default): lambda = c_lambda eps / L and eta = c_eta eps / (lambda^2 m L), so the
         function-space step eta lambda^2 m = c_eta eps / L keeps the theory's shape (proportional to eps,
         falling with L, flat in m) with constants that train in minutes (spec/PAPER.md §5);
-        T = c_T 2000 L^2 / eps, a budget that the plateau rule usually ends first.
+        T = c_T 2000 L / eps, a budget that the plateau rule usually ends first.
     An explicit train.T overrides the budget of either schedule.
     """
     tr, L, m = cfg.train, cfg.data.L, cfg.model.m
@@ -245,11 +263,14 @@ def schedule(cfg: TrialConfig) -> Schedule:
         rho = 100 * L * cfg.data.d * math.log(max(m, 2))
         lam = tr.c_lambda * tr.eps / (10 * L * rho)
         eta = tr.c_eta / (tr.eps * rho**2 * m)
-        C = max(concept.complexity_eps(concept.parse_phi(s), math.sqrt(L), tr.eps, C_star=1.0) for s in cfg.data.phi)
+        C = max(
+            concept.complexity_eps(concept.parse_phi(s), math.sqrt(L), tr.eps, C_star=1.0)
+            for s in cfg.data.phi
+        )
         T = tr.c_T * (cfg.data.p * C * rho / tr.eps) ** 2
     else:
         lam = tr.c_lambda * tr.eps / L
         eta = tr.c_eta * tr.eps / (lam**2 * m * L)
-        T = tr.c_T * 2000 * L**2 / tr.eps
-    T_final = tr.T if tr.T > 0 else int(min(math.ceil(T), 10**12))
+        T = tr.c_T * 2000 * L / tr.eps
+    T_final = tr.T if tr.T > 0 else math.ceil(min(T, 1e12))  # the theory's T can overflow to inf
     return Schedule(lam=lam, eta=eta, T=T_final)

@@ -50,8 +50,12 @@ def linearization_error(net: RNN, W_shift: torch.Tensor, x: torch.Tensor) -> flo
     return (F1 - F0 - lin).norm().item() / denom if denom > 0 else 0.0
 
 
+KEYS = ("w/move_fro", "w/move_op", "w/rel_change", "w/spectral_radius", "w/spectral_norm", "act/flip_frac",
+        "h/drift", "lin/rel_err")  # fmt: skip
+
+
 def diagnostics(net: RNN, W_shift: torch.Tensor, x_probe: torch.Tensor) -> dict[str, float]:
-    """Every diagnostic metric of DESIGN.md's table at the current shift."""
+    """Every diagnostic metric of DESIGN.md's table at the current shift (the keys of KEYS)."""
     return {
         **weight_metrics(net, W_shift),
         **activation_metrics(net, W_shift, x_probe),

@@ -66,22 +66,36 @@ class RNN:
         x[:, L - 1, d_x] = eps_x
         return x
 
-    def _sigma(self, u: torch.Tensor) -> torch.Tensor:
-        return torch.relu(u) if self.activation == "relu" else u
+    def _total(self, W_shift: torch.Tensor | None, W_total: torch.Tensor | None) -> torch.Tensor:
+        if W_total is not None:
+            return W_total
+        return self.W if W_shift is None else self.W + W_shift
 
-    def states(self, x: torch.Tensor, W_shift: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hidden states h and pre-activations u, both (n, L, m)."""
-        W = self.W if W_shift is None else self.W + W_shift
-        n, L, _ = x.shape
-        Ax = x @ self.A.T  # (n, L, m): the input drive of every position in one product
-        h = x.new_empty(n, L, self.m)
-        u = x.new_empty(n, L, self.m)
-        u[:, 0] = Ax[:, 0]  # h_0 = 0
-        h[:, 0] = self._sigma(u[:, 0])
-        for l in range(1, L):
-            u[:, l] = torch.addmm(Ax[:, l], h[:, l - 1], W.T)
-            h[:, l] = self._sigma(u[:, l])
-        return h, u
+    def states(
+        self, x: torch.Tensor, W_shift: torch.Tensor | None = None, *, W_total: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states h and pre-activations u, both (n, L, m).
+
+        `W_total` = W + W', if the caller holds it already (the trainer does: it saves an m x m sum per call).
+        Both are computed position-major, (L, n, m), so that every h_l is one contiguous block that the
+        recurrence writes in place; they are returned as transposed views (`backward` undoes that for free).
+        The in-place recurrence supports forward-mode AD (torch.func.jvp, used by the diagnostics) but not
+        reverse-mode autograd: gradients come from `backward`.
+        """
+        W_T = self._total(W_shift, W_total).T
+        u = torch.matmul(x.transpose(0, 1), self.A.T).contiguous()  # (L, n, m): A x_l, one product for all l
+        us = u.unbind(0)  # per-position views, made once
+        if self.activation == "linear":
+            for l in range(1, len(us)):
+                us[l].addmm_(us[l - 1], W_T)  # u_l = A x_l + W h_{l-1}, h = u
+            return u.transpose(0, 1), u.transpose(0, 1)
+        h = torch.empty_like(u)
+        hs = h.unbind(0)
+        hs[0].copy_(us[0]).relu_()  # h_0 = 0, so u_1 = A x_1
+        for l in range(1, len(us)):
+            us[l].addmm_(hs[l - 1], W_T)
+            hs[l].copy_(us[l]).relu_()
+        return h.transpose(0, 1), u.transpose(0, 1)
 
     def hidden(self, x: torch.Tensor, W_shift: torch.Tensor | None = None) -> torch.Tensor:
         """h_l for l = 1..L: (n, L, m)."""
@@ -94,22 +108,37 @@ class RNN:
     __call__ = forward
 
     def backward(
-        self, h: torch.Tensor, u: torch.Tensor, dy: torch.Tensor, W_shift: torch.Tensor | None = None
+        self,
+        h: torch.Tensor,
+        u: torch.Tensor,
+        dy: torch.Tensor,
+        W_shift: torch.Tensor | None = None,
+        *,
+        W_total: torch.Tensor | None = None,
+        out: torch.Tensor | None = None,
+        alpha: float = 1.0,
     ) -> torch.Tensor:
-        """BPTT: given dLoss/dy (n, L, d_out) and the states of `states`, return dLoss/dW' (m, m), summed over n.
+        """BPTT: from dLoss/dy (n, L, d_out) and the states of `states`, dLoss/dW' (m, m) summed over n.
 
         With g_l = dLoss/dh_l and delta_l = sigma'(u_l) * g_l:
             g_L = B^T dy_L,   g_l = B^T dy_l + (W + W')^T delta_{l+1},   dLoss/dW' = sum_l delta_l h_{l-1}^T.
+        With `out` given, adds alpha * dLoss/dW' to it in place (one fused product, as an SGD step wants:
+        out=W', alpha=-eta) and returns it.
         """
-        W = self.W if W_shift is None else self.W + W_shift
-        L = h.shape[1]
-        gy = dy @ self.B  # (n, L, m): the output's pull on every h_l
-        delta = u.new_empty(u.shape)
-        g = gy[:, L - 1]
-        for l in range(L - 1, -1, -1):
-            delta[:, l] = g * (u[:, l] > 0) if self.activation == "relu" else g
-            if l > 0:
-                g = torch.addmm(gy[:, l - 1], delta[:, l], W)
+        W = self._total(W_shift, W_total)
+        hT, uT = h.transpose(0, 1), u.transpose(0, 1)  # (L, n, m), contiguous when they come from `states`
+        L, _, m = hT.shape
+        # g starts as B^T dy_l for every l; the loop turns g_l into delta_l in place, back to front
+        g = torch.matmul(dy.transpose(0, 1), self.B).contiguous()  # (L, n, m)
+        gs = g.unbind(0)
+        active = (uT > 0).to(g.dtype).unbind(0) if self.activation == "relu" else None  # sigma'(u_l)
+        for l in range(L - 1, 0, -1):
+            if active is not None:
+                gs[l].mul_(active[l])  # delta_l
+            if l > 1:
+                gs[l - 1].addmm_(gs[l], W)  # g_{l-1} += W^T delta_l (rows are samples)
         # sum over samples and positions 2..L of delta_l h_{l-1}^T in one product (h_0 = 0 drops l = 1)
-        m = self.m
-        return delta[:, 1:].reshape(-1, m).T @ h[:, :-1].reshape(-1, m)
+        delta, h_prev = g[1:].reshape(-1, m), hT[:-1].reshape(-1, m)
+        if out is None:
+            return delta.T @ h_prev
+        return out.addmm_(delta.T, h_prev, alpha=alpha)

@@ -21,6 +21,7 @@ import torch
 
 from rnnsgd import concept
 from rnnsgd.config import TrialConfig, schedule
+from rnnsgd.diagnostics import KEYS as DIAGNOSTIC_KEYS
 from rnnsgd.diagnostics import diagnostics
 from rnnsgd.model import RNN
 
@@ -72,12 +73,29 @@ class Trainer:
         da, seed = cfg.data, cfg.seed
         phis = tuple(concept.parse_phi(s) for s in da.phi)
         self.teacher = concept.make_teacher(
-            da.task, da.L, da.d_x, da.d, da.p, phis, da.lags, da.unit_var, named_generator(seed.teacher, "teacher")
+            da.task,
+            da.L,
+            da.d_x,
+            da.d,
+            da.p,
+            phis,
+            da.lags,
+            da.unit_var,
+            named_generator(seed.teacher, "teacher"),
         )
         self.mask = self.teacher.mask.to(self.device)
+        # the supervised positions as a slice (a view, not a copy, in the SGD loop); contiguous in every task
+        sup = self.teacher.mask.nonzero().flatten().tolist()
+        assert sup == list(range(sup[0], sup[-1] + 1)), f"supervised positions {sup} are not contiguous"
+        self.supervised = slice(sup[0], sup[-1] + 1)
         self.net = RNN(
-            cfg.model.m, da.d_x, da.d, named_generator(seed.run, "init"),
-            w_var=cfg.model.w_var, activation=cfg.model.activation, device=self.device,
+            cfg.model.m,
+            da.d_x,
+            da.d,
+            named_generator(seed.run, "init"),
+            w_var=cfg.model.w_var,
+            activation=cfg.model.activation,
+            device=self.device,
         )
         # The test set depends on the teacher only: every N and every run seed is scored on the same inputs.
         self.test = self._sample(da.n_test, named_generator(seed.teacher, "test"))
@@ -85,7 +103,9 @@ class Trainer:
         self.train_set = None if da.online else self._sample(da.N, self.data_gen)
         self.sgd_gen = named_generator(seed.run, "sgd")
         self.opt = concept.risk(cfg.train.loss, self.test.f, self.test.y, self.mask).mean().item()
-        self.zero_risk = concept.risk(cfg.train.loss, torch.zeros_like(self.test.y), self.test.y, self.mask).mean().item()
+        self.zero_risk = (
+            concept.risk(cfg.train.loss, torch.zeros_like(self.test.y), self.test.y, self.mask).mean().item()
+        )
         self.steps = eval_steps(self.sched.T, cfg.train.evals_per_decade)
         # state
         self.W_shift = torch.zeros_like(self.net.W)
@@ -116,7 +136,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = state["step"]
-        self.W_shift = state["W_shift"].to(self.device)
+        self.W_shift = state["W_shift"].to(self.device, copy=True)  # trained in place: never alias the state
         self.sgd_gen.set_state(state["sgd_gen"])
         self.data_gen.set_state(state["data_gen"])
         self.history = [dict(h) for h in state["history"]]
@@ -129,31 +149,49 @@ class Trainer:
         total = 0.0
         for i in range(0, s.x.shape[0], chunk):
             F = self.net.forward(s.x[i : i + chunk], self.W_shift)
-            total += concept.risk(self.cfg.train.loss, self.sched.lam * F, s.y[i : i + chunk], self.mask).sum().item()
+            total += (
+                concept.risk(self.cfg.train.loss, self.sched.lam * F, s.y[i : i + chunk], self.mask)
+                .sum()
+                .item()
+            )
         return total / s.x.shape[0]
 
     def sgd(self, n_steps: int) -> float:
-        """n_steps SGD steps from the current state; returns the mean objective of the samples stepped on."""
-        cfg, lam, eta = self.cfg, self.sched.lam, self.sched.eta
-        b = cfg.train.batch
-        if cfg.data.online:  # fresh samples, drawn for the whole interval at once (deterministic per interval)
+        """n_steps SGD steps from the current state; returns the mean objective of the samples stepped on.
+
+        The hot loop: per step one m x m sum (W + W'), the L-step recurrence and its BPTT, and the update
+        fused into one product (W' += -eta delta^T h). Buffers live across the loop; nothing in it waits on
+        the device (sample indices are Python ints, the objective is summed on the device).
+        """
+        cfg, lam, eta, net = self.cfg, self.sched.lam, self.sched.eta, self.net
+        b, j = cfg.train.batch, self.supervised
+        if (
+            cfg.data.online
+        ):  # fresh samples, drawn for the whole interval at once (deterministic per interval)
             s = self._sample(n_steps * b, self.data_gen)
             order = torch.arange(n_steps * b).view(n_steps, b)
         else:
             s = self.train_set
             order = torch.randint(cfg.data.N, (n_steps, b), generator=self.sgd_gen)
-        order = order.to(self.device)
-        obj_sum = torch.zeros((), device=self.device)
-        dy = torch.zeros(b, cfg.data.L, cfg.data.d, device=self.device)
+        rows = order[:, 0].tolist() if b == 1 else order.to(self.device)
+        lam_B = lam * net.B  # the loss sees lambda F_j = (lambda B) h_j
+        W_total = torch.empty_like(self.W_shift)
+        dy = torch.zeros(b, cfg.data.L, cfg.data.d, device=self.device)  # 0 outside the supervised positions
+        G_sum = torch.zeros(n_steps, device=self.device)
         for k in range(n_steps):
-            idx = order[k]
-            h, u = self.net.states(s.x[idx], self.W_shift)
-            z = lam * (h[:, self.mask] @ self.net.B.T)  # (b, |mask|, d)
-            G, dG = concept.loss_and_grad(cfg.train.loss, z, s.y[idx][:, self.mask])
-            obj_sum += G.sum()
-            dy[:, self.mask] = dG * (lam / b)
-            self.W_shift -= eta * self.net.backward(h, u, dy, self.W_shift)
-        return obj_sum.item() / (n_steps * b)
+            if b == 1:
+                i = rows[k]
+                x, y = s.x[i : i + 1], s.y[i : i + 1, j]  # views, no copies
+            else:
+                x, y = s.x[rows[k]], s.y[rows[k]][:, j]
+            torch.add(net.W, self.W_shift, out=W_total)
+            h, u = net.states(x, W_total=W_total)
+            z = h[:, j] @ lam_B.T  # (b, |j|, d)
+            G, dG = concept.loss_and_grad(cfg.train.loss, z, y)
+            torch.sum(G, dim=None, out=G_sum[k])
+            torch.mul(dG, lam / b, out=dy[:, j])
+            net.backward(h, u, dy, W_total=W_total, out=self.W_shift, alpha=-eta)
+        return G_sum.sum().item() / (n_steps * b)
 
     # ------------------------------------------------------------------------------------------ loop
 
@@ -164,7 +202,9 @@ class Trainer:
         if self.train_set is not None:
             # a fixed subset of at most n_test training samples keeps evaluation cheap at large N
             n = min(cfg.data.N, cfg.data.n_test)
-            metrics["train/risk"] = self.objective(Sample(self.train_set.x[:n], self.train_set.y[:n], self.train_set.f[:n]))
+            metrics["train/risk"] = self.objective(
+                Sample(self.train_set.x[:n], self.train_set.y[:n], self.train_set.f[:n])
+            )
             metrics["gen/gap"] = test - metrics["train/risk"]
         metrics["train/sgd_obj"] = sgd_obj
         metrics["test/excess_risk"] = test - self.opt
@@ -173,11 +213,13 @@ class Trainer:
         if math.isfinite(test) and torch.isfinite(self.W_shift).all():
             probe = self.test.x[: cfg.train.probe]
             metrics.update(diagnostics(self.net, self.W_shift, probe))
+        else:  # a diverged state: keep every key of the metric table, as NaN
+            metrics.update(dict.fromkeys(DIAGNOSTIC_KEYS, math.nan))
         metrics["perf/steps_per_s"] = steps_per_s
         return metrics
 
     def _iterate_average(self, test: float) -> float:
-        """(1/t) sum_{s<t} risk(W_s), by the trapezoid rule over the evaluation grid (what Theorem 1 bounds)."""
+        """(1/t) sum_{s<t} risk(W_s) by the trapezoid rule on the evaluation grid (what Theorem 1 bounds)."""
         if not self.history or self.step == 0:
             return test
         prev = self.history[-1]
@@ -194,9 +236,10 @@ class Trainer:
         if not math.isfinite(now) or now > tr.diverge_factor * max(first, 1e-12):
             return "diverged"
         if self.step >= tr.min_steps:
-            # plateau: the objective fell by less than plateau_tol over the last doubling of steps
-            half = [h[key] for h in self.history if h["step"] <= self.step / 2]
-            if half and half[-1] - now < tr.plateau_tol * half[-1]:
+            # plateau: the objective fell by less than plateau_tol over the last two doublings of steps (one
+            # doubling is too short: one-sample SGD here has slow phases between descents)
+            back = [h[key] for h in self.history if h["step"] <= self.step / 4]
+            if back and back[-1] - now < tr.plateau_tol * back[-1]:
                 return "completed"
         if self.step >= self.sched.T:
             return "budget"
