@@ -1,0 +1,21 @@
+"""rnnsgd.analysis: runs -> thresholds (N*, T*) -> fits -> verdicts (EXPERIMENTS.md)."""
+
+from .fits import (
+    aggregate_seeds,
+    fit_additive_power_law,
+    fit_learning_curve,
+    select_scaling_law,
+    tost_flat_slope,
+)
+from .thresholds import threshold
+from .validate import run_validation
+
+__all__ = [
+    "aggregate_seeds",
+    "fit_additive_power_law",
+    "fit_learning_curve",
+    "run_validation",
+    "select_scaling_law",
+    "threshold",
+    "tost_flat_slope",
+]
