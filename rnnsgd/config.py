@@ -8,6 +8,7 @@ computed by `schedule` (spec/PAPER.md §5), never stored twice.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import typing
 from dataclasses import dataclass, field
@@ -117,6 +118,7 @@ class TrialConfig:
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "seed": SeedConfig}
 
 
+@functools.cache  # get_type_hints is slow, and a sweep builds thousands of configs
 def _field_types(section: str) -> dict[str, Any] | None:
     cls = _SECTIONS.get(section)
     return None if cls is None else typing.get_type_hints(cls)

@@ -6,9 +6,16 @@ Only the shift W' is trained; W, A, B stay at their random init. The forward pas
 backward (BPTT by hand) are written out so that one-sample SGD pays for matrix products only, not
 for building an autograd graph every step: `backward` is checked against autograd and finite
 differences in tests/test_model.py.
+
+A pack (`RNN.stack`) holds K networks of one shape: W (K, m, m), A (K, m, d_x+1), B (K, d_out, m). `states`
+and `backward` then take a leading K axis on their inputs and do every product batched over K (bmm), with
+operations whose result for one network does not depend on the others (no reduction across K, no product
+whose rounding depends on K): a network trained in a pack of K gets the bits it gets in a pack of one.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -44,6 +51,34 @@ class RNN:
         self.A = gauss(m, d_x + 1, var=2.0 / m)
         self.B = gauss(d_out, m, var=1.0 / d_out)
 
+    @classmethod
+    def stack(cls, nets: Sequence[RNN]) -> RNN:
+        """A pack of networks of one shape: W (K, m, m), A (K, m, d_x + 1), B (K, d_out, m), copied."""
+        first = nets[0]
+        shape = (first.m, first.d_x, first.d_out, first.activation)
+        for net in nets:
+            if (net.m, net.d_x, net.d_out, net.activation) != shape:
+                raise ValueError("RNN.stack: the networks of a pack need one m, d_x, d_out and activation")
+        return first.with_weights(*(torch.stack([getattr(n, k) for n in nets]) for k in ("W", "A", "B")))
+
+    def as_pack(self) -> RNN:
+        """This network as a pack of one: views with a leading axis of size 1, no copy."""
+        if self.packed:
+            return self
+        return self.with_weights(self.W[None], self.A[None], self.B[None])
+
+    def with_weights(self, W: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> RNN:
+        """This network's kind (m, d_x, d_out, activation) with other weights, e.g. views of a pack's."""
+        other = object.__new__(RNN)
+        other.__dict__.update(self.__dict__)
+        other.W, other.A, other.B = W, A, B
+        return other
+
+    @property
+    def packed(self) -> bool:
+        """True for a pack of K networks (`stack`): then every tensor has a leading K axis."""
+        return self.W.dim() == 3
+
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> RNN:
         """A copy with W, A, B cast (e.g. float64 for the linearization diagnostic)."""
         other = object.__new__(RNN)
@@ -71,39 +106,70 @@ class RNN:
             return W_total
         return self.W if W_shift is None else self.W + W_shift
 
-    def states(
-        self, x: torch.Tensor, W_shift: torch.Tensor | None = None, *, W_total: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hidden states h and pre-activations u, both (n, L, m).
+    def project(self, x_pm: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The input terms A x_l for position-major inputs: (..., n, d_x + 1) -> (..., n, m).
 
-        `W_total` = W + W', if the caller holds it already (the trainer does: it saves an m x m sum per call).
-        Both are computed position-major, (L, n, m), so that every h_l is one contiguous block that the
-        recurrence writes in place; they are returned as transposed views (`backward` undoes that for free).
+        One network: one matrix product. A pack: x_pm (..., K, n, d_x + 1) -> (..., K, n, m), contiguous, as a
+        sum of d_x + 1 scaled columns of A, elementwise, so that the bits depend neither on K nor on how many
+        steps are projected at once (a matrix product's rounding does, for a few rows); d_x + 1 is small.
+        """
+        if not self.packed:
+            return torch.matmul(x_pm, self.A.T, out=out)
+        cols = self.A.unsqueeze(-3)  # (K, 1, m, d_x + 1): column c broadcasts against (..., K, n, m)
+        u = x_pm.new_empty((*x_pm.shape[:-1], self.m)) if out is None else out
+        torch.mul(x_pm[..., 0:1], cols[..., 0], out=u)
+        for c in range(1, self.A.shape[-1]):
+            u.addcmul_(x_pm[..., c : c + 1], cols[..., c])
+        return u
+
+    def states(
+        self,
+        x: torch.Tensor,
+        W_shift: torch.Tensor | None = None,
+        *,
+        W_total: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states h and pre-activations u, both (n, L, m); a pack: x (K, n, L, d_x+1) -> (K, n, L, m).
+
+        `W_total` = W + W', if the caller holds it already (it saves an m x m sum per call). Both are computed
+        position-major (`recurrence`), so that every h_l is one contiguous block that the recurrence writes in
+        place; they are returned as transposed views (`backward` undoes that for free).
         The in-place recurrence supports forward-mode AD (torch.func.jvp, used by the diagnostics) but not
         reverse-mode autograd: gradients come from `backward`.
         """
-        W_T = self._total(W_shift, W_total).T
-        u = torch.matmul(x.transpose(0, 1), self.A.T).contiguous()  # (L, n, m): A x_l, one product for all l
+        u = self.project(x.movedim(-2, 0)).contiguous()  # (L, [K,] n, m): A x_l, one product for all l
+        h = self.recurrence(u, self._total(W_shift, W_total))
+        return h.movedim(0, -2), u.movedim(0, -2)
+
+    def recurrence(self, u: torch.Tensor, W_total: torch.Tensor) -> torch.Tensor:
+        """h_l = sigma(A x_l + (W + W') h_{l-1}) position-major: u = A x_l (L, [K,] n, m) -> h, same shape.
+
+        u is completed in place into the pre-activations; for the linear activation h is u itself.
+        """
+        W_T = W_total.mT
+        acc = _addmm_ if W_T.dim() == 2 else _baddbmm_  # u_l += h_{l-1} W^T, for one network or K at once
         us = u.unbind(0)  # per-position views, made once
         if self.activation == "linear":
             for l in range(1, len(us)):
-                us[l].addmm_(us[l - 1], W_T)  # u_l = A x_l + W h_{l-1}, h = u
-            return u.transpose(0, 1), u.transpose(0, 1)
+                acc(us[l], us[l - 1], W_T)  # u_l = A x_l + W h_{l-1}, h = u
+            return u
         h = torch.empty_like(u)
         hs = h.unbind(0)
-        hs[0].copy_(us[0]).relu_()  # h_0 = 0, so u_1 = A x_1
+        relu = _relu_into if W_T.dim() == 3 else _copy_relu  # one op instead of two, but no forward-mode AD
+        relu(hs[0], us[0])  # h_0 = 0, so u_1 = A x_1
         for l in range(1, len(us)):
-            us[l].addmm_(hs[l - 1], W_T)
-            hs[l].copy_(us[l]).relu_()
-        return h.transpose(0, 1), u.transpose(0, 1)
+            acc(us[l], hs[l - 1], W_T)
+            relu(hs[l], us[l])
+        return h
 
     def hidden(self, x: torch.Tensor, W_shift: torch.Tensor | None = None) -> torch.Tensor:
         """h_l for l = 1..L: (n, L, m)."""
         return self.states(x, W_shift)[0]
 
     def forward(self, x: torch.Tensor, W_shift: torch.Tensor | None = None) -> torch.Tensor:
-        """F_l(x; W + W') = B h_l: (n, L, d_out)."""
-        return self.hidden(x, W_shift) @ self.B.T
+        """F_l(x; W + W') = B h_l: (n, L, d_out), for a pack (K, n, L, d_out)."""
+        B_T = self.B.mT.unsqueeze(-3) if self.packed else self.B.T  # (K, 1, m, d_out): broadcasts over n
+        return self.hidden(x, W_shift) @ B_T
 
     __call__ = forward
 
@@ -116,7 +182,7 @@ class RNN:
         *,
         W_total: torch.Tensor | None = None,
         out: torch.Tensor | None = None,
-        alpha: float = 1.0,
+        alpha: float | Sequence[float] = 1.0,
     ) -> torch.Tensor:
         """BPTT: from dLoss/dy (n, L, d_out) and the states of `states`, dLoss/dW' (m, m) summed over n.
 
@@ -124,21 +190,80 @@ class RNN:
             g_L = B^T dy_L,   g_l = B^T dy_l + (W + W')^T delta_{l+1},   dLoss/dW' = sum_l delta_l h_{l-1}^T.
         With `out` given, adds alpha * dLoss/dW' to it in place (one fused product, as an SGD step wants:
         out=W', alpha=-eta) and returns it.
+        A pack: dy (K, n, L, d_out) -> (K, m, m); `alpha` may then be one value per network (the products
+        are issued once per run of equal values, so keep equal step sizes next to each other).
         """
         W = self._total(W_shift, W_total)
-        hT, uT = h.transpose(0, 1), u.transpose(0, 1)  # (L, n, m), contiguous when they come from `states`
-        L, _, m = hT.shape
-        # g starts as B^T dy_l for every l; the loop turns g_l into delta_l in place, back to front
-        g = torch.matmul(dy.transpose(0, 1), self.B).contiguous()  # (L, n, m)
+        hT, uT, dyT = h.movedim(-2, 0), u.movedim(-2, 0), dy.movedim(-2, 0)  # position-major, as `bptt` takes
+        if self.packed:  # B^T dy_l as a sum over d_out of dy_s B_s, elementwise: independent of K
+            rows = self.B.unsqueeze(-3)  # (K, 1, d_out, m)
+            g = torch.mul(dyT[..., 0:1], rows[..., 0, :])
+            for s in range(1, self.B.shape[-2]):
+                g.addcmul_(dyT[..., s : s + 1], rows[..., s, :])
+        else:
+            g = torch.matmul(dyT, self.B).contiguous()  # (L, n, m)
+        return self.bptt(hT, uT, g, W, out=out, alpha=alpha)
+
+    def bptt(
+        self,
+        h: torch.Tensor,
+        u: torch.Tensor,
+        g: torch.Tensor,
+        W_total: torch.Tensor,
+        *,
+        out: torch.Tensor | None = None,
+        alpha: float | Sequence[float] = 1.0,
+    ) -> torch.Tensor:
+        """`backward` position-major: h, u (L, [K,] n, m) of `recurrence`; g = B^T dy_l (L, [K,] n, m), the
+        gradient that reaches h_l from the outputs, which the loop overwrites with delta_l."""
+        W = W_total
+        packed = W.dim() == 3
+        L, m = h.shape[0], h.shape[-1]
+        acc = _baddbmm_ if packed else _addmm_
         gs = g.unbind(0)
-        active = (uT > 0).to(g.dtype).unbind(0) if self.activation == "relu" else None  # sigma'(u_l)
+        active = None  # sigma'(u_l) = 1[u_l > 0], written as floats in one op (a bool mask costs more)
+        if self.activation == "relu":
+            active = torch.gt(u, 0, out=torch.empty_like(u)).unbind(0)
         for l in range(L - 1, 0, -1):
             if active is not None:
                 gs[l].mul_(active[l])  # delta_l
             if l > 1:
-                gs[l - 1].addmm_(gs[l], W)  # g_{l-1} += W^T delta_l (rows are samples)
+                acc(gs[l - 1], gs[l], W)  # g_{l-1} += W^T delta_l (rows are samples)
         # sum over samples and positions 2..L of delta_l h_{l-1}^T in one product (h_0 = 0 drops l = 1)
-        delta, h_prev = g[1:].reshape(-1, m), hT[:-1].reshape(-1, m)
+        if not packed:
+            delta, h_prev = g[1:].reshape(-1, m), h[:-1].reshape(-1, m)
+            if out is None:
+                return delta.T @ h_prev
+            return out.addmm_(delta.T, h_prev, alpha=alpha)
+        K = W.shape[0]
+        delta = g[1:].transpose(0, 1).reshape(K, -1, m)  # (K, (L-1) n, m), rows ordered as in the 2-D case
+        h_prev = h[:-1].transpose(0, 1).reshape(K, -1, m)
         if out is None:
-            return delta.T @ h_prev
-        return out.addmm_(delta.T, h_prev, alpha=alpha)
+            return torch.bmm(delta.mT, h_prev)
+        if isinstance(alpha, int | float):
+            return out.baddbmm_(delta.mT, h_prev, alpha=alpha)
+        alphas = [float(a) for a in alpha]
+        if len(alphas) != K:
+            raise ValueError(f"backward: {len(alphas)} values of alpha for a pack of {K}")
+        start = 0
+        for k in range(1, K + 1):
+            if k == K or alphas[k] != alphas[start]:
+                out[start:k].baddbmm_(delta[start:k].mT, h_prev[start:k], alpha=alphas[start])
+                start = k
+        return out
+
+
+def _copy_relu(h: torch.Tensor, u: torch.Tensor) -> None:
+    h.copy_(u).relu_()
+
+
+def _relu_into(h: torch.Tensor, u: torch.Tensor) -> None:
+    torch.clamp_min(u, 0, out=h)
+
+
+def _addmm_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    out.addmm_(a, b)
+
+
+def _baddbmm_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    out.baddbmm_(a, b)

@@ -26,6 +26,7 @@ from rnnsgd.diagnostics import diagnostics
 from rnnsgd.model import RNN
 
 OUTCOMES = ("completed", "budget", "diverged")
+BLOCK_BYTES = 2**20  # the input terms A x of this many bytes of SGD steps are computed at once
 
 
 def named_generator(seed: int, name: str) -> torch.Generator:
@@ -51,9 +52,10 @@ def eval_steps(T: int, per_decade: int) -> list[int]:
 
 @dataclass
 class RunResult:
-    status: str  # one of OUTCOMES
+    status: str  # one of OUTCOMES (or "error": a packed run that isolated a failing model, see rnnsgd.packed)
     metrics: dict[str, float]  # the last evaluation
     history: list[dict[str, float]] = field(default_factory=list)
+    error: str | None = None  # the exception, where status is "error"
 
 
 @dataclass
@@ -156,42 +158,37 @@ class Trainer:
             )
         return total / s.x.shape[0]
 
+    def draw(self, n_steps: int) -> tuple[Sample, torch.Tensor]:
+        """The samples of the next n_steps SGD steps: a set, and the rows of it each step takes (n_steps, b).
+
+        Offline, the training set and rows from the SGD stream; online, n_steps * b fresh samples from the
+        data stream, in order. Drawn for a whole interval at once, so that the streams advance alike whether
+        the steps run alone (`sgd`) or in a pack (rnnsgd.packed).
+        """
+        b = self.cfg.train.batch
+        if self.cfg.data.online:
+            return self._sample(n_steps * b, self.data_gen), torch.arange(n_steps * b).view(n_steps, b)
+        return self.train_set, torch.randint(self.cfg.data.N, (n_steps, b), generator=self.sgd_gen)
+
     def sgd(self, n_steps: int) -> float:
         """n_steps SGD steps from the current state; returns the mean objective of the samples stepped on.
 
-        The hot loop: per step one m x m sum (W + W'), the L-step recurrence and its BPTT, and the update
-        fused into one product (W' += -eta delta^T h). Buffers live across the loop; nothing in it waits on
-        the device (sample indices are Python ints, the objective is summed on the device).
+        The hot loop is `sgd_steps`, shared with the packed trainer: this network runs as a pack of one.
         """
-        cfg, lam, eta, net = self.cfg, self.sched.lam, self.sched.eta, self.net
-        b, j = cfg.train.batch, self.supervised
-        if (
-            cfg.data.online
-        ):  # fresh samples, drawn for the whole interval at once (deterministic per interval)
-            s = self._sample(n_steps * b, self.data_gen)
-            order = torch.arange(n_steps * b).view(n_steps, b)
-        else:
-            s = self.train_set
-            order = torch.randint(cfg.data.N, (n_steps, b), generator=self.sgd_gen)
-        rows = order[:, 0].tolist() if b == 1 else order.to(self.device)
-        lam_B = lam * net.B  # the loss sees lambda F_j = (lambda B) h_j
-        W_total = torch.empty_like(self.W_shift)
-        dy = torch.zeros(b, cfg.data.L, cfg.data.d, device=self.device)  # 0 outside the supervised positions
-        G_sum = torch.zeros(n_steps, device=self.device)
-        for k in range(n_steps):
-            if b == 1:
-                i = rows[k]
-                x, y = s.x[i : i + 1], s.y[i : i + 1, j]  # views, no copies
-            else:
-                x, y = s.x[rows[k]], s.y[rows[k]][:, j]
-            torch.add(net.W, self.W_shift, out=W_total)
-            h, u = net.states(x, W_total=W_total)
-            z = h[:, j] @ lam_B.T  # (b, |j|, d)
-            G, dG = concept.loss_and_grad(cfg.train.loss, z, y)
-            torch.sum(G, dim=None, out=G_sum[k])
-            torch.mul(dG, lam / b, out=dy[:, j])
-            net.backward(h, u, dy, W_total=W_total, out=self.W_shift, alpha=-eta)
-        return G_sum.sum().item() / (n_steps * b)
+        cfg = self.cfg
+        s, order = self.draw(n_steps)
+        order = order.to(self.device)
+        net, shift = self.net.as_pack(), self.W_shift[None]
+        lam = torch.tensor([self.sched.lam], device=self.device)
+        G = torch.empty(n_steps, device=self.device)
+        block, work = block_steps(1, cfg), {}
+        for t0 in range(0, n_steps, block):
+            rows = order[t0 : t0 + block]
+            x, y = s.x[rows].unsqueeze(1), s.y[rows].unsqueeze(1)  # (block, 1, b, L, .)
+            G[t0 : t0 + block] = sgd_steps(
+                net, shift, x, y, lam, [self.sched.eta], cfg.train.loss, self.supervised, work=work
+            )[:, 0]
+        return G.sum().item() / (n_steps * cfg.train.batch)
 
     # ------------------------------------------------------------------------------------------ loop
 
@@ -265,6 +262,80 @@ class Trainer:
         self.history.append(metrics)
         if on_eval is not None:
             on_eval(metrics, self)
+
+
+def block_steps(K: int, cfg: TrialConfig) -> int:
+    """How many SGD steps `sgd_steps` takes per call for a pack of K: BLOCK_BYTES of input terms."""
+    per_step = K * cfg.train.batch * cfg.data.L * cfg.model.m * 4
+    return max(1, min(1024, BLOCK_BYTES // per_step))
+
+
+def sgd_steps(
+    net: RNN,
+    W_shift: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lam: torch.Tensor,
+    eta: list[float],
+    loss: str,
+    supervised: slice,
+    mask: torch.Tensor | None = None,
+    work: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """C one-sample (or b-sample) SGD steps of K networks at once (spec/PAPER.md §4):
+
+        W'_k <- W'_k - eta_k grad (1/b) sum_samples sum_{j in supervised} G(lam_k F_j(x; W_k + W'_k), y_j)
+
+    net: a pack (RNN.stack / RNN.as_pack), W (K, m, m); W_shift (K, m, m), trained in place.
+    x (C, K, b, L, d_x + 1), y (C, K, b, L, d): the samples of each step. lam (K,) on the device, eta K floats
+    (equal values next to each other make fewer products). mask (|supervised|, K) bool: the positions that
+    count for each network, where they differ (a pack mixing long_range with other tasks); None: all.
+    work: a dict the caller keeps across calls, for buffers to be reused (fresh ones cost page faults).
+    Returns (C, K): each step's objective summed over its samples and positions.
+
+    Per step: one K m x m sum (W + W'), the L-step recurrence and its BPTT batched over K, and the update
+    fused into one product per run of equal eta. Nothing waits on the device. The bits of network k do not
+    depend on the other networks of the pack (see rnnsgd.model): a pack of K equals K packs of one.
+    """
+    C, K, b, L, _ = x.shape
+    m = W_shift.shape[-1]
+    j = supervised
+    work = {} if work is None else work
+
+    def buffer(name: str, *shape: int) -> torch.Tensor:
+        if name not in work or work[name].shape != shape:
+            work[name] = W_shift.new_empty(shape)
+        return work[name]
+
+    # (C, L, K, b, m): A x_l of every step of the block, contiguous
+    U = net.project(x.permute(0, 3, 1, 2, 4), out=buffer("U", C, L, K, b, m))
+    Y = y[:, :, :, j].transpose(2, 3)  # (C, K, |j|, b, d), as z below
+    lam_B = (lam.view(K, 1, 1) * net.B).mT  # (K, m, d): the loss sees lambda F_j = (lambda B) h_j
+    d = net.d_out
+    # dLoss/dh_j = sum_s dG_s (lambda / b) B_s: the rows of (lambda / b) B, each (K, 1, m)
+    rows = ((lam / b).view(K, 1, 1) * net.B).unsqueeze(-3).unbind(-2)
+    neg_eta = -eta[0] if all(e == eta[0] for e in eta) else [-e for e in eta]
+    keep = None if mask is None else mask.T.reshape(K, -1, 1)  # (K, |j|, 1)
+    W_total = buffer("W_total", K, m, m)
+    g = buffer("g", L, K, b, m)  # B^T dy, position-major; 0 outside the supervised positions
+    G_all = buffer("G", C, K, j.stop - j.start, b)
+    for t in range(C):
+        torch.add(net.W, W_shift, out=W_total)
+        u = U[t]  # (L, K, b, m), position-major
+        h = net.recurrence(u, W_total)
+        z = torch.bmm(h[j].transpose(0, 1).reshape(K, -1, m), lam_B).view(K, -1, b, d)  # (K, |j|, b, d)
+        G, dG = concept.loss_and_grad(loss, z, Y[t])
+        if keep is not None:
+            G, dG = torch.where(keep, G, 0.0), torch.where(keep.unsqueeze(-1), dG, 0.0)
+        G_all[t].copy_(G)
+        dG = dG.transpose(0, 1)  # (|j|, K, b, d), as g
+        torch.mul(dG[..., 0:1], rows[0], out=g[j])
+        for s in range(1, d):
+            g[j].addcmul_(dG[..., s : s + 1], rows[s])
+        g[: j.start].zero_()
+        g[j.stop :].zero_()
+        net.bptt(h, u, g, W_total, out=W_shift, alpha=neg_eta)
+    return G_all.view(C, K, -1).sum(dim=-1)  # a new tensor: G_all is reused
 
 
 def train(

@@ -197,3 +197,37 @@ def test_objective_gradient_for_every_loss(loss_name):
     dy = torch.zeros_like(z)
     dy[:, mask] = lam * dG
     torch.testing.assert_close(net.backward(h, u, dy, S), expected, rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ packs
+
+
+@pytest.mark.parametrize("activation", ["relu", "linear"])
+def test_a_pack_computes_what_each_network_does(device, activation):
+    """RNN.stack: states, forward and backward with a leading K axis equal those of each network alone
+    (float64, to rounding); a per-network alpha updates each network's slice with its own step."""
+    nets, xs, shifts = [], [], []
+    for k in range(3):
+        gen = torch.Generator().manual_seed(10 + k)
+        nets.append(RNN(8, 3, 2, gen, activation=activation, dtype=torch.float64, device=device))
+        xs.append(RNN.normalize(tokens(2, 5, 3, seed=k), 0.7).to(device))
+        shifts.append((0.3 * torch.randn(8, 8, generator=gen, dtype=torch.float64) / math.sqrt(8)).to(device))
+    pack, x, S = RNN.stack(nets), torch.stack(xs), torch.stack(shifts)
+    assert pack.packed and pack.W.shape == (3, 8, 8) and not nets[0].packed
+    h, u = pack.states(x, S)
+    dy = torch.randn(3, 2, 5, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(device)
+    alphas = [-0.5, -0.5, -0.25]
+    acc = S.clone()
+    pack.backward(h, u, dy, S, out=acc, alpha=alphas)
+    F = pack.forward(x, S)
+    for k, net in enumerate(nets):
+        h_k, u_k = net.states(xs[k], shifts[k])
+        torch.testing.assert_close(h[k], h_k, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(F[k], net.forward(xs[k], shifts[k]), rtol=1e-12, atol=1e-12)
+        grad = net.backward(h_k, u_k, dy[k], shifts[k])
+        torch.testing.assert_close(acc[k], shifts[k] + alphas[k] * grad, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="alpha"):
+        pack.backward(h, u, dy, S, out=S.clone(), alpha=[1.0, 2.0])
+    with pytest.raises(ValueError, match="RNN.stack"):
+        RNN.stack([nets[0], RNN(16, 3, 2, torch.Generator().manual_seed(0), dtype=torch.float64)])
+    assert nets[0].as_pack().W.shape == (1, 8, 8) and nets[0].as_pack().W.data_ptr() == nets[0].W.data_ptr()

@@ -1,0 +1,292 @@
+"""rnnsgd.packed: a pack of K equals K plain runs (bit for bit on the CPU), failures stay in their model,
+checkpoints resume a pack, bad packs are refused before anything is allocated."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from rnnsgd.config import TrialConfig
+from rnnsgd.packed import (
+    PACK_FIELDS,
+    PackedTrainer,
+    check_pack,
+    estimate_bytes,
+    max_pack,
+    pack_bytes,
+    pack_key,
+    train_packed,
+)
+from rnnsgd.train import Trainer, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def small(device: str = "cpu", **flat) -> TrialConfig:
+    base = {"model.m": 32, "data.L": 5, "data.N": 64, "data.n_test": 64, "train.T": 300,
+            "train.device": device, "train.probe": 16}  # fmt: skip
+    return TrialConfig.from_flat({**base, **flat})
+
+
+def without_perf(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if not k.startswith("perf/")}
+
+
+def same(a: dict[str, float], b: dict[str, float]) -> bool:
+    """Equal, NaN == NaN."""
+    return a.keys() == b.keys() and all(
+        x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a.values(), b.values(), strict=True)
+    )
+
+
+def alone(cfg: TrialConfig, state=None):
+    """train(cfg) and the final shift."""
+    box = {}
+    result = train(cfg, lambda metrics, trainer: box.__setitem__("W", trainer.W_shift.clone()), state)
+    return result, box.get("W")
+
+
+def packed(cfgs, states=None, **kwargs):
+    """train_packed(cfgs) and the final shift of each model."""
+    finals: dict[int, torch.Tensor] = {}
+
+    def keep(k: int, metrics: dict[str, float], trainer: Trainer) -> None:
+        finals[k] = trainer.W_shift.clone()
+
+    results = train_packed(cfgs, keep, states, **kwargs)
+    return results, [finals.get(k) for k in range(len(cfgs))]
+
+
+def assert_same_run(a, b, W_a=None, W_b=None) -> None:
+    assert a.status == b.status
+    assert len(a.history) == len(b.history)
+    for ha, hb in zip(a.history, b.history, strict=True):
+        assert same(without_perf(ha), without_perf(hb)), (ha, hb)
+    if W_a is not None or W_b is not None:
+        assert torch.equal(W_a, W_b)
+
+
+# ------------------------------------------------------------------------------------------ equality
+
+
+def test_pack_equals_separate_runs_bit_for_bit():
+    """Seeds, N, eps (so lambda, eta and T), T, teacher, task (long_range's single label mixed with the
+    others), Phi, noise, w_var and eps_x may differ within a pack: every metric of every evaluation
+    (diagnostics included) and the final W' equal those of the model trained alone."""
+    cfgs = [
+        small(),
+        small(**{"seed.run": 1}),
+        small(**{"seed.run": 2, "data.N": 128}),
+        small(**{"train.eps": 0.2, "train.T": 450}),
+        small(**{"seed.teacher": 3, "data.noise": 0.2}),
+        small(**{"data.task": "long_range", "data.phi": "z^3"}),
+        small(**{"model.w_var": 1.0, "data.eps_x": 0.8, "train.c_eta": 0.5}),
+    ]
+    results, finals = packed(cfgs)
+    for cfg, result, W in zip(cfgs, results, finals, strict=True):
+        expected, W_alone = alone(cfg)
+        assert_same_run(result, expected, W, W_alone)
+        assert result.metrics["perf/pack_size"] >= 1
+    assert len({len(r.history) for r in results}) > 1  # the models kept their own evaluation grids
+
+
+@pytest.mark.parametrize(
+    "flat",
+    [
+        {"data.online": True},
+        {"train.batch": 3},
+        {"model.activation": "linear"},
+        {"train.loss": "huber"},
+        {"train.loss": "xent", "data.d": 2},
+        {"data.task": "lags", "data.lags": "1,2", "data.phi": "z^2,sin"},
+    ],
+)
+def test_pack_equals_separate_runs_in_every_mode(flat):
+    cfgs = [small(**{**flat, "train.T": 120, "seed.run": s}) for s in range(3)]
+    results, finals = packed(cfgs)
+    for cfg, result, W in zip(cfgs, results, finals, strict=True):
+        expected, W_alone = alone(cfg)
+        assert_same_run(result, expected, W, W_alone)
+
+
+def test_a_width_off_the_alignment_equals_to_rounding():
+    """m not a multiple of 16: a model's vectors in the pack are not 64-byte aligned and MKL may round the
+    batched products differently from a lone model's: equal to float32 rounding, not bit for bit."""
+    cfgs = [small(**{"model.m": 30, "seed.run": s, "train.T": 150}) for s in range(3)]
+    results, finals = packed(cfgs)
+    for cfg, result, W in zip(cfgs, results, finals, strict=True):
+        expected, W_alone = alone(cfg)
+        assert result.status == expected.status and len(result.history) == len(expected.history)
+        for ha, hb in zip(result.history, expected.history, strict=True):
+            for key, value in without_perf(hb).items():
+                assert ha[key] == pytest.approx(value, rel=1e-4, abs=1e-6, nan_ok=True), key
+        torch.testing.assert_close(W, W_alone, rtol=1e-4, atol=1e-5 * W_alone.abs().max().item())
+
+
+def test_pack_sgd_equals_trainer_sgd():
+    """PackedTrainer.sgd (the benchmark's loop) draws and steps as Trainer.sgd does."""
+    cfgs = [small(**{"seed.run": s, "data.N": 32 * (s + 1)}) for s in range(4)]
+    pack = PackedTrainer(cfgs)
+    objectives = pack.sgd(25)
+    for cfg, obj, tr in zip(cfgs, objectives, pack.trainers, strict=True):
+        plain = Trainer(cfg)
+        assert plain.sgd(25) == obj
+        assert torch.equal(plain.W_shift, tr.W_shift)
+
+
+def test_groups_do_not_change_the_results():
+    """On a CPU a pack steps in cache-sized groups (rnnsgd.packed.group_size): any grouping, same bits."""
+    cfgs = [small(**{"seed.run": s, "train.c_eta": 0.3 + 0.1 * (s % 2)}) for s in range(5)]  # two etas
+    runs = []
+    for group in (None, 1, 2):
+        pack = PackedTrainer(cfgs, group=group)
+        pack.sgd(30)
+        runs.append(torch.stack([tr.W_shift for tr in pack.trainers]))
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+    with pytest.raises(ValueError, match=r"^group: must be >= 1"):
+        PackedTrainer(cfgs, group=0)
+
+
+# ------------------------------------------------------------------------------------------ failures
+
+
+def test_a_diverging_model_leaves_the_pack_alone():
+    """Blow-up (c_eta 1e6) and NaN/Inf (c_eta 1e30) end their own models as diverged; the others finish with
+    the results they have alone."""
+    cfgs = [small(), small(**{"train.c_eta": 1e6}), small(**{"seed.run": 1}), small(**{"train.c_eta": 1e30})]
+    results, finals = packed(cfgs)
+    assert [r.status for r in results] == ["budget", "diverged", "budget", "diverged"]
+    for k in (0, 2):
+        expected, W_alone = alone(cfgs[k])
+        assert_same_run(results[k], expected, finals[k], W_alone)
+        assert results[k].history[-1]["perf/pack_size"] == 2  # the diverged two left early
+    for k in (1, 3):
+        assert_same_run(results[k], alone(cfgs[k])[0])
+        assert not results[k].metrics["train/risk"] <= 100 * results[k].history[0]["train/risk"]  # or NaN
+
+
+def test_an_error_in_one_model_is_isolated_on_request():
+    cfgs = [small(**{"seed.run": s}) for s in range(3)]
+    calls = {"n": 0}
+
+    def fail_at_100(k: int, metrics: dict[str, float], trainer: Trainer) -> None:
+        if k == 1 and metrics["step"] >= 100:
+            calls["n"] += 1
+            raise RuntimeError("tracking down")
+
+    results = train_packed(cfgs, fail_at_100, isolate_errors=True)
+    assert results[1].status == "error" and "tracking down" in results[1].error
+    assert results[1].metrics["step"] >= 100 and calls["n"] == 1
+    for k in (0, 2):
+        assert_same_run(results[k], alone(cfgs[k])[0])
+    with pytest.raises(RuntimeError, match="tracking down"):
+        train_packed(cfgs, fail_at_100)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def test_a_pack_resumes_from_checkpoints_bit_for_bit(tmp_path):
+    """Each model's state from a mid-run evaluation (each at its own step; one fresh, one already ended)
+    resumes the pack: every model ends as in the uninterrupted pack."""
+    cfgs = [small(**{"train.T": 600}), small(**{"seed.run": 1, "train.T": 900}), small(**{"seed.run": 2}),
+            small(**{"train.c_eta": 1e6})]  # fmt: skip
+    saved: dict[int, dict] = {}
+
+    def checkpoint(k: int, metrics: dict[str, float], trainer: Trainer) -> None:
+        if len(trainer.history) == 10 + 2 * k or trainer.outcome is not None and k not in saved:
+            saved[k] = copy.deepcopy(trainer.state_dict())
+
+    full = train_packed(cfgs, checkpoint)
+    torch.save(saved, tmp_path / "pack.pt")
+    loaded = torch.load(tmp_path / "pack.pt", weights_only=False)
+    states = [loaded[0], loaded[1], None, loaded[3]]
+    assert loaded[0]["step"] != loaded[1]["step"] and loaded[3]["outcome"] == "diverged"
+    before = [s["W_shift"].clone() if s else None for s in states]
+    resumed, finals = packed(cfgs, states)
+    _, finals_full = packed(cfgs)
+    for k in range(4):
+        assert_same_run(resumed[k], full[k])
+        if k != 3:
+            assert torch.equal(finals[k], finals_full[k])
+    for s, b in zip(states, before, strict=True):
+        if s is not None:
+            assert torch.equal(s["W_shift"], b)  # the caller's checkpoint is not trained in place
+
+
+# ------------------------------------------------------------------------------------------ bad packs
+
+
+def test_bad_packs_are_refused_with_the_reason():
+    cfg = small()
+    with pytest.raises(ValueError, match=r"^pack size K = 0"):
+        train_packed([])
+    shapes = [({"model.m": 64}, "model.m"), ({"data.L": 6}, "data.L"), ({"train.loss": "l1"}, "train.loss"),
+              ({"data.online": True}, "data.online"), ({"train.batch": 2}, "train.batch")]  # fmt: skip
+    for flat, field in shapes:
+        with pytest.raises(ValueError, match=rf"^{field}: the models of a pack share it"):
+            train_packed([cfg, cfg.replace(**flat)])
+    for fraction in (0, -0.5, 1.5, math.nan):
+        with pytest.raises(ValueError, match=r"^memory_fraction: must be in \(0, 1\]"):
+            train_packed([cfg], memory_fraction=fraction)
+    with pytest.raises(ValueError, match=r"^budget_bytes"):
+        train_packed([cfg], budget_bytes=0)
+    two, three = estimate_bytes(cfg, 2), estimate_bytes(cfg, 3)
+    with pytest.raises(ValueError, match=r"^pack size K = 3: needs about .* over the budget.* at most 2 "):
+        train_packed([cfg] * 3, budget_bytes=(two + three) // 2)
+    with pytest.raises(ValueError, match=r"^K: a pack holds at least one model"):
+        estimate_bytes(cfg, 0)
+    with pytest.raises(ValueError, match=r"^states: 1 states for a pack of 2"):
+        train_packed([cfg, cfg], states=[None])
+    check_pack([cfg, cfg.replace(**{"train.device": "auto"})] if not torch.cuda.is_available() else [cfg])
+
+
+def test_memory_estimate_and_max_pack():
+    cfg = small()
+    sizes = [estimate_bytes(cfg, K) for K in (1, 2, 4, 16)]
+    assert sizes == sorted(sizes) and sizes[-1] > sizes[0]
+    assert estimate_bytes(small(**{"model.m": 256}), 4) > estimate_bytes(cfg, 4)
+    assert pack_bytes([cfg, small(**{"data.N": 4096})]) > pack_bytes([cfg, cfg])
+    for K in (1, 5, 37):
+        assert max_pack(cfg, estimate_bytes(cfg, K)) == K
+    assert max_pack(cfg, estimate_bytes(cfg, 1) - 1) == 0
+    # the estimate covers at least what the pack's tensors take
+    pack = PackedTrainer([cfg] * 4)
+    held = sum(t.numel() * t.element_size() for t in (pack.W, pack.A, pack.B, pack.S, pack.X, pack.Y))
+    assert estimate_bytes(cfg, 4) > held
+
+
+def test_pack_key_names_the_shape_fields():
+    cfg = small()
+    assert dict(pack_key(cfg)).keys() == set(PACK_FIELDS)
+    for flat in ({"seed.run": 3}, {"data.N": 999}, {"train.eps": 0.3}, {"data.task": "parity"}):
+        assert pack_key(cfg.replace(**flat)) == pack_key(cfg)
+    assert pack_key(cfg.replace(**{"model.m": 64})) != pack_key(cfg)
+
+
+# ------------------------------------------------------------------------------------------ devices
+
+
+def test_pack_on_the_device(device):
+    """On the CPU bit for bit (above); on CUDA batched kernels may round differently: to tolerance, and the
+    memory estimate covers the peak that the pack allocates."""
+    cfgs = [small(device, **{"seed.run": s, "train.T": 200}) for s in range(3)]
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+    results, finals = packed(cfgs)
+    if device == "cuda":
+        assert torch.cuda.max_memory_allocated() - start <= pack_bytes(cfgs)
+    for cfg, result, W in zip(cfgs, results, finals, strict=True):
+        expected, W_alone = alone(cfg)
+        assert result.status == expected.status and len(result.history) == len(expected.history)
+        if device == "cpu":
+            assert_same_run(result, expected, W, W_alone)
+            continue
+        for ha, hb in zip(result.history, expected.history, strict=True):
+            for key, value in without_perf(hb).items():
+                assert ha[key] == pytest.approx(value, rel=1e-3, abs=1e-5, nan_ok=True), key
+        torch.testing.assert_close(W, W_alone, rtol=1e-3, atol=1e-3 * W_alone.abs().max().item())
