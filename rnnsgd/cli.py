@@ -1,15 +1,14 @@
-"""`rnnsgd train | sweep | status | analyze | report`: bad input exits with status 2 and one line naming it."""
+"""`rnnsgd train | sweep | status | analyze | report`; bad input exits with status 2 and one line."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 EXIT_BAD_INPUT = 2
 
@@ -29,23 +28,17 @@ def parse_sets(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def load_yaml(path: str) -> Any:
-    p = Path(path)
-    if not p.is_file():
-        raise BadInput(f"{path}: no such file")
-    try:
-        return yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise BadInput(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from rnnsgd.config import TrialConfig
+    from rnnsgd.sweep.spec import SweepError, read_yaml
     from rnnsgd.train import resolve_device, train
 
     flat: dict[str, Any] = {}
     if args.config:
-        loaded = load_yaml(args.config)
+        try:
+            loaded = read_yaml(args.config)
+        except SweepError as e:
+            raise BadInput(str(e)) from None
         if not isinstance(loaded, dict):
             raise BadInput(f"{args.config}: expected a mapping of dotted keys, e.g. 'model.m: 256'")
         flat.update(loaded)
@@ -61,12 +54,20 @@ def cmd_train(args: argparse.Namespace) -> int:
             return
         keys = ("train/risk", "test/risk", "test/nrisk", "w/move_fro", "act/flip_frac")
         cells = "  ".join(f"{k} {metrics[k]:8.4f}" for k in keys if k in metrics)
-        print(f"step {int(metrics['step']):>8}  {cells}", file=sys.stderr if args.json else sys.stdout, flush=True)
+        print(
+            f"step {int(metrics['step']):>8}  {cells}",
+            file=sys.stderr if args.json else sys.stdout,
+            flush=True,
+        )
 
     result = train(cfg, show)
     final = {"outcome": result.status, **result.metrics}
     if args.json:
-        print(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in final.items()}))
+        print(
+            json.dumps(
+                {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in final.items()}
+            )
+        )
     else:
         print(f"outcome: {result.status}")
         for k, v in result.metrics.items():
@@ -111,7 +112,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(report.summary() + f" (wall {report.wall_s:.0f} s)")
     print(f"open the results: {report.ui_command()}")
     if report.missing:
-        print(f"resume with: rnnsgd sweep {args.file}" + (f" --variant {args.variant}" if args.variant else ""))
+        again = ["rnnsgd", "sweep", args.file, *(["--variant", args.variant] if args.variant else [])]
+        again += [f"--set={s}" for s in args.set]
+        print(f"resume with: {shlex.join(again)}")
     return report.exit_code
 
 
@@ -128,6 +131,80 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_target(args: argparse.Namespace) -> tuple[str, str]:
+    """(sweep name, tracking URI) for `report` and `analyze`: from a sweep file or a name MLflow holds."""
+    from rnnsgd.sweep.spec import SweepError, load_sweep
+    from rnnsgd.sweep.tracking import resolve_tracking_uri
+
+    try:
+        if Path(args.sweep).is_file() or args.sweep.endswith((".yaml", ".yml")):
+            sweep = load_sweep(args.sweep, args.variant, {})
+            uri, _ = resolve_tracking_uri(args.tracking_uri, sweep.tracking_uri, sweep.source)
+            return sweep.name, uri
+        return args.sweep, resolve_tracking_uri(args.tracking_uri, None, args.sweep)[0]
+    except SweepError as e:
+        raise BadInput(str(e)) from None
+
+
+def _build_report(args: argparse.Namespace, name: str, uri: str, out: Path):
+    from rnnsgd.analysis import report
+    from rnnsgd.analysis.load import NoSuchSweep
+
+    if args.level is not None and args.level <= 0:
+        raise BadInput(f"--level: must be > 0, got {args.level}")
+    if args.n_boot < 0:
+        raise BadInput(f"--n-boot: must be >= 0, got {args.n_boot}")
+    from rnnsgd.sweep.tracking import store_exists
+
+    if not store_exists(uri):  # reading must not create an empty store
+        raise BadInput(f"sweep {name!r}: no tracking store at {uri}")
+    try:
+        return report.build(name, uri, out, y=args.metric, level=args.level, n_boot=args.n_boot)
+    except NoSuchSweep as e:
+        raise BadInput(str(e)) from None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from rnnsgd.analysis import report
+    from rnnsgd.sweep.tracking import SweepTracker
+
+    name, uri = _report_target(args)
+    out = Path(args.out) if args.out else Path("reports") / name
+    rep = _build_report(args, name, uri, out)
+    md, page = report.write(rep, out)
+    found = SweepTracker(uri).parent_info(name)
+    if found is not None:  # the report travels with the sweep: artifacts of its parent run
+        SweepTracker(uri).client.log_artifacts(found[1].info.run_id, str(out), "report")
+    for c in rep.claims:
+        print(f"{c.id}: {c.verdict}")
+    print(
+        f"report: {page.resolve()} (and {md.name})" + ("; logged on the sweep's parent run" if found else "")
+    )
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    if args.validate:
+        from rnnsgd.analysis.validate import run_validation
+
+        if args.replicates < 1:
+            raise BadInput(f"--replicates: must be >= 1, got {args.replicates}")
+        _, text = run_validation(n_replicates=args.replicates, seed=args.seed, n_boot=args.n_boot)
+        print(text)
+        return 0
+    if not args.sweep:
+        raise BadInput("give a sweep (file or name), or --validate for the E0 check of the pipeline")
+    import tempfile
+
+    from rnnsgd.analysis import report
+
+    name, uri = _report_target(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        rep = _build_report(args, name, uri, Path(tmp))
+        print(report.to_markdown(rep))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnnsgd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,26 +215,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("sweep", help="run a sweep file's grid as Ray Tune trials tracked in MLflow (docs/sweeps.md)")
-    p.add_argument("file", metavar="FILE", help="sweep file (sweeps/*.yaml), or with --resume a sweep's name")
+    p = sub.add_parser("sweep", help="run a sweep file's grid as Ray Tune trials, tracked in MLflow")
+    p.add_argument("file", metavar="FILE", help="sweep file (sweeps/*.yaml), or the name of a sweep that ran")
     p.add_argument("--variant", help="which of the file's variants to run (smoke, full, ...)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (model.m=64; a list makes an axis: data.L=[4,8]) or a sweep key "
-                        "(concurrency=4, resources.gpu=0.25, seeds=5, grid.data.N={log2: [6, 9]})")  # fmt: skip
-    p.add_argument("--resume", action="store_true",
-                   help="require that the sweep ran before (re-running always resumes: done points are skipped)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (model.m=64; a list makes an axis: data.L=[4,8]) or a "
+        "sweep key (concurrency=4, resources.gpu=0.25, seeds=5, grid.data.N={log2: [6, 9]})",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="require that the sweep ran before (any re-run resumes: done points are skipped)",
+    )
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, the file's "
                                           "tracking_uri, else sqlite:///<cwd>/runs/mlflow.db)")  # fmt: skip
     p.add_argument("--storage", help="Ray storage path or URI for checkpoints (default: <cwd>/runs/ray)")
     p.add_argument("--dry-run", action="store_true", help="validate and list the grid points; run nothing")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("status", help="a sweep's coverage in MLflow: done, failed, running, missing, per axis value")
+    p = sub.add_parser("status", help="a sweep's coverage: done, failed, running, missing, per axis value")
     p.add_argument("sweep", metavar="FILE|NAME", help="sweep file, or the name of a sweep that has run")
     p.add_argument("--variant", help="which of the file's variants")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for `rnnsgd sweep`")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (as for `rnnsgd sweep`)")
     p.set_defaults(func=cmd_status)
+
+    def analysis_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--variant", help="which of the file's variants")
+        p.add_argument("--tracking-uri", help="MLflow tracking URI (as for `rnnsgd sweep`)")
+        p.add_argument("--metric", default="test/excess_risk", help="risk thresholded for N* and T*")
+        p.add_argument(
+            "--level", type=float, help="threshold (default: the sweep's train.eps when it has one)"
+        )
+        p.add_argument("--n-boot", type=int, default=2000, help="hierarchical bootstrap replicates")
+
+    p = sub.add_parser(
+        "report", help="HTML + Markdown report of a sweep: grid, figures, fits, a verdict per claim"
+    )
+    p.add_argument("sweep", metavar="FILE|NAME", help="sweep file, or the name of a sweep that has run")
+    p.add_argument("--out", help="output folder (default: reports/<sweep name>)")
+    analysis_args(p)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "analyze", help="print a sweep's verdicts and fit tables; --validate runs the E0 check"
+    )
+    p.add_argument(
+        "sweep", nargs="?", metavar="FILE|NAME", help="sweep file, or the name of a sweep that has run"
+    )
+    p.add_argument("--validate", action="store_true", help="E0: recover known laws from synthetic sweeps")
+    p.add_argument("--replicates", type=int, default=100, help="synthetic sweeps per law (--validate)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic sweeps (--validate)")
+    analysis_args(p)
+    p.set_defaults(func=cmd_analyze)
     return parser
 
 

@@ -28,7 +28,9 @@ def ray_local() -> str:
         os.environ.setdefault(key, value)
     import ray
 
-    context = ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2)
+    context = ray.init(
+        address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2
+    )
     yield context.address_info["gcs_address"]
     ray.shutdown()
 

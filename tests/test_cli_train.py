@@ -14,30 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import METRIC_KEYS  # DESIGN.md's metric table, written once for the tests
 
 from rnnsgd.cli import EXIT_BAD_INPUT, main
 from rnnsgd.train import OUTCOMES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-METRIC_KEYS = (
-    "train/risk",
-    "test/risk",
-    "test/excess_risk",
-    "test/nrisk",
-    "gen/gap",
-    "test/risk_iter_avg",
-    "opt",
-    "w/move_fro",
-    "w/move_op",
-    "w/rel_change",
-    "w/spectral_radius",
-    "w/spectral_norm",
-    "act/flip_frac",
-    "lin/rel_err",
-    "h/drift",
-    "perf/steps_per_s",
-)
 TINY = [
     "model.m=16",
     "data.L=4",

@@ -1,0 +1,15 @@
+"""The sweep service: YAML grids (spec) run as Ray Tune trials (runner, trial), tracked in MLflow (tracking).
+
+    spec.py      sweep-file schema, validation, variants, `--set` overrides, grid expansion, point ids
+    tracking.py  every MLflow call: experiment, parent run, child runs, statuses, batched metrics
+    trial.py     the function one Ray Tune trial runs: checkpoints, re-attach, device, fault injection
+    runner.py    the driver: Ray start/join, resume and grow, one Tuner over the missing points
+    progress.py  the live progress line (a Tune callback)
+    status.py    `rnnsgd status`: the grid's coverage, read from MLflow
+
+See docs/sweeps.md.
+"""
+
+from rnnsgd.sweep.spec import Point, Sweep, SweepError, load_sweep
+
+__all__ = ["Point", "Sweep", "SweepError", "load_sweep"]

@@ -1,0 +1,105 @@
+"""The live progress display of a running sweep: a Ray Tune callback on the driver.
+
+One status line, points done/total (done in earlier runs included), running, failed and an ETA from this
+run's rate of completion; it is redrawn in place on a terminal and printed every `interval` seconds (and at
+each finished point) otherwise.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from ray.tune import Callback
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Progress(Callback):
+    def __init__(
+        self, name: str, total: int, done_before: int, labels: list[str], stream: TextIO | None = None,
+        interval: float | None = None,
+    ) -> None:  # fmt: skip
+        self.name, self.total, self.done, self.labels = name, total, done_before, labels
+        self.failed = self.retries = self.completed_here = 0
+        self.running: set[str] = set()
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.interval = interval if interval is not None else (0.5 if self.tty else 30.0)
+        self.t0 = time.monotonic()
+        self.last_shown = -float("inf")
+        self.last_state: tuple = ()
+
+    def _state(self) -> tuple:
+        return self.done, self.failed, len(self.running), self.retries
+
+    def line(self) -> str:
+        remaining = self.total - self.done - self.failed
+        if self.completed_here and remaining > 0:
+            eta = _duration(remaining * (time.monotonic() - self.t0) / self.completed_here)
+        else:
+            eta = "-" if remaining == 0 else "?"
+        extra = f", {self.retries} retried" if self.retries else ""
+        elapsed = _duration(time.monotonic() - self.t0)
+        counts = f"{self.done}/{self.total} done, {len(self.running)} running, {self.failed} failed{extra}"
+        return f"[{self.name}] {counts}, elapsed {elapsed}, ETA {eta}"
+
+    def show(self, force: bool = False, note: str | None = None) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_shown < self.interval:
+            return
+        self.last_shown = now
+        self.last_state = self._state()
+        if self.tty:
+            if note:
+                self.stream.write("\r\033[K" + note + "\n")
+            self.stream.write("\r\033[K" + self.line())
+        else:
+            self.stream.write((f"{note}\n" if note else "") + self.line() + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self._state() != self.last_state:
+            self.show(force=True)
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    # -------------------------------------------------------------------------------- Tune's hooks
+
+    def _label(self, trial: Any) -> str:
+        return self.labels[trial.config["i"]]
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.running.add(trial.trial_id)
+        self.show()
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.retries += 1
+        self.show(
+            force=True, note=f"  {self._label(trial)}: trial process died, retrying from its checkpoint"
+        )
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.running.discard(trial.trial_id)
+        result = trial.last_result or {}
+        outcome = result.get("outcome", "stopped")
+        if outcome == "error":
+            self.failed += 1
+        elif outcome in ("completed", "budget", "diverged"):
+            self.done += 1
+            self.completed_here += 1
+        took = f" in {_duration(result['train_s'])}" if "train_s" in result else ""
+        self.show(force=True, note=f"  {self._label(trial)}: {outcome}{took}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.running.discard(trial.trial_id)
+        self.failed += 1
+        self.show(force=True, note=f"  {self._label(trial)}: trial failed after its retries")
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.show()

@@ -1,0 +1,381 @@
+"""The driver of a sweep: check everything, join or start Ray, run the points that are not done, close up.
+
+    1. checks (no compute, no runs): tracking URI reachable, Ray reachable, resources the machine can give
+    2. MLflow: the sweep's experiment and parent run; runs orphaned by a killed driver are marked KILLED
+    3. plan: points with a FINISHED run are skipped; an interrupted point re-attaches to its run and resumes
+       from the last checkpoint a previous driver left in storage; the rest start fresh
+    4. one Ray Tune Tuner over the planned points (reuse_actors, FailureConfig retries from checkpoints)
+    5. close: runs left RUNNING become KILLED, the parent ends FINISHED / FAILED / KILLED, checkpoints of
+       finished points are deleted, and the `mlflow ui` command is printed
+
+Resuming is by MLflow state and checkpoints rather than Tuner.restore, which cannot add grid points.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from rnnsgd.config import TrialConfig, schedule
+from rnnsgd.sweep.spec import Point, Sweep, SweepError
+from rnnsgd.sweep.tracking import (
+    SweepTracker,
+    TrialRun,
+    check_reachable,
+    point_state,
+    resolve_tracking_uri,
+    store_exists,
+)
+from rnnsgd.sweep.trial import PointStore, parse_faults, run_trial
+
+RAY_ENV = {  # set before Ray starts, so that the local cluster's workers inherit them
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no CSV/JSON/TensorBoard loggers: MLflow is the record
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0: no tables; the sweep prints its own progress line
+}
+QUIET_LOGGERS = (
+    "ray.tune.analysis.experiment_analysis",
+    "ray.tune.tune",
+    "ray.tune.execution.tune_controller",
+)
+
+
+@dataclass
+class SweepReport:
+    name: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    total: int
+    done: int
+    failed: int
+    missing: int  # not done and not failed: never run, or stopped (Ctrl+C) before the end
+    ran: int  # points this run started
+    wall_s: float  # from the call to the end, Ray and MLflow start-up included
+    train_s: float  # sum over this run's trials of their time training (not tracking or checkpointing)
+    concurrency: int
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.done == self.total else (130 if self.missing else 1)
+
+    def summary(self) -> str:
+        stopped = " (stopped before the end)" if self.missing else ""
+        counts = f"{self.done}/{self.total} done, {self.failed} failed, {self.missing} not run"
+        return f"[{self.name}] {counts}{stopped}"
+
+    def ui_command(self) -> str:
+        if self.tracking_uri.startswith("sqlite:"):
+            return f"mlflow ui --backend-store-uri {self.tracking_uri} --port 5000"
+        return f"open {self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}"
+
+
+def default_storage(cwd: str | Path | None = None) -> str:
+    return str((Path(cwd or os.getcwd()) / "runs" / "ray").resolve())
+
+
+def git_sha() -> str:
+    """The package's commit, with -dirty when tracked files changed; "unknown" outside a git checkout."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        git = ["git", "-C", str(root)]
+        sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)  # fmt: skip
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# ---------------------------------------------------------------------------------------------- Ray
+
+
+def connect_ray() -> bool:
+    """Join the cluster at RAY_ADDRESS, or start a local one (never a bare ray.init(), which would attach to
+    whatever a crashed `ray start` left recorded in /tmp/ray). Returns whether this call connected."""
+    for k, v in RAY_ENV.items():
+        os.environ.setdefault(k, v)
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS")
+    logging_config = ray.LoggingConfig(log_level="WARNING")
+    if address:
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, logging_config=logging_config)
+        except Exception as e:
+            raise SweepError(
+                f"RAY_ADDRESS: cannot join the Ray cluster at {address} ({type(e).__name__}: {e})"
+            ) from None
+    else:
+        ray.init(
+            address="local", include_dashboard=False, object_store_memory=256 * 1024**2,
+            logging_level=logging.WARNING, logging_config=logging_config,
+        )  # fmt: skip
+    return True
+
+
+def check_local_resources(sweep: Sweep) -> None:
+    """Before anything starts, without a cluster: refuse a trial this machine cannot host."""
+    import ray
+
+    if os.environ.get("RAY_ADDRESS") or ray.is_initialized():
+        return  # checked against the cluster's nodes once connected
+    import torch
+
+    cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
+    _refuse_unless_fits(sweep, [{"CPU": cpus, "GPU": gpus}])
+
+
+def _refuse_unless_fits(sweep: Sweep, nodes: list[dict[str, float]]) -> None:
+    cpu, gpu = sweep.resources.cpu, sweep.resources.gpu
+    if any(n.get("CPU", 0) >= cpu and n.get("GPU", 0) >= gpu for n in nodes):
+        return
+    have_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
+    have_gpu = max((n.get("GPU", 0) for n in nodes), default=0)
+    key, want, have, unit = ("resources.gpu", gpu, have_gpu, "GPU") if gpu > have_gpu else (
+        "resources.cpu", cpu, have_cpu, "CPU")  # fmt: skip
+    raise SweepError(f"{sweep.source}: {key}: a trial asks for {want:g} {unit} but this machine has {have:g} "
+                     "(no cluster is attached: set RAY_ADDRESS to run on one)")  # fmt: skip
+
+
+def check_cluster_resources(sweep: Sweep, out: TextIO) -> int:
+    """Once connected: on a cluster (RAY_ADDRESS), say when trials must wait for the autoscaler to add a node
+    that fits; on a local Ray, refuse. Returns how many trials can run at once."""
+    import ray
+
+    cpu, gpu = sweep.resources.cpu, sweep.resources.gpu
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    fits = [n for n in nodes if n.get("CPU", 0) >= cpu and n.get("GPU", 0) >= gpu]
+    if not fits:
+        if not os.environ.get("RAY_ADDRESS"):
+            _refuse_unless_fits(sweep, nodes)
+        out.write(f"[{sweep.name}] no node of the cluster has {cpu:g} CPU and {gpu:g} GPU for a trial yet: "
+                  "the trials wait until the autoscaler adds one (Ctrl+C to stop)\n")  # fmt: skip
+        return sweep.concurrency or 1
+    slots = sum(min(n.get("CPU", 0) // cpu, n.get("GPU", 0) // gpu if gpu else float("inf")) for n in fits)
+    return int(min(slots, sweep.concurrency or slots)) or 1
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+def run_sweep(
+    sweep: Sweep,
+    tracking_uri: str | None = None,
+    storage: str | None = None,
+    resume: bool = False,
+    out: TextIO | None = None,
+) -> SweepReport:
+    """Run the sweep's points that have no FINISHED run. Bad input raises SweepError before any run exists."""
+    out = out or sys.stderr
+    t0 = time.perf_counter()
+    uri, where = resolve_tracking_uri(tracking_uri, sweep.tracking_uri, sweep.source)
+    check_reachable(uri, where)
+    fault = os.environ.get("RNNSGD_FAULT")
+    try:
+        parse_faults(fault)
+    except ValueError as e:
+        raise SweepError(str(e)) from None
+    storage = storage or sweep.storage or default_storage()
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+    check_local_resources(sweep)
+    tracker = SweepTracker(uri) if store_exists(uri) else None
+    if resume and (tracker is None or tracker.parent_info(sweep.name) is None):
+        raise SweepError(f"{sweep.source}: --resume: sweep {sweep.name!r} has never run in {uri}")
+    if tracker is not None:  # a finished sweep run again: say so without starting Ray
+        done = _already_done(tracker, sweep)
+        if done is not None:
+            out.write(f"[{sweep.name}] all {len(sweep.points)} points are done: nothing to run\n")
+            done.wall_s = time.perf_counter() - t0
+            return done
+
+    # MLflow's store start-up (migrations, on a new SQLite file) runs beside Ray's
+    with ThreadPoolExecutor(1) as pool:
+        tracker_future = pool.submit(SweepTracker, uri)
+        started_ray = connect_ray()
+        try:
+            tracker = tracker_future.result()
+            concurrency = check_cluster_resources(sweep, out)
+            sha = git_sha()
+            try:
+                experiment_id = tracker.experiment(sweep.name)
+                tags = {"git_sha": sha, "rnnsgd.source": sweep.source}
+                parent_id = tracker.open_parent(experiment_id, sweep.name, sweep.definition, tags)
+            except SweepError as e:  # a deleted experiment, or another live driver on this sweep
+                raise SweepError(f"{sweep.source}: {e}") from None
+            # ---- from here on runs exist: no more bad input, only outcomes
+            ctx = {
+                "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_id,
+                "sweep": sweep.name, "git_sha": sha, "fault": fault, "storage": storage,
+                "checkpoint_every_s": sweep.checkpoint_every_s, "cpu": sweep.resources.cpu,
+            }  # fmt: skip
+            report = _drive(sweep, tracker, ctx, concurrency, out)
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+    report.wall_s = time.perf_counter() - t0
+    return report
+
+
+def _drive(
+    sweep: Sweep, tracker: SweepTracker, ctx: dict[str, Any], concurrency: int, out: TextIO
+) -> SweepReport:
+    experiment_id, parent_id = ctx["experiment_id"], ctx["parent_run_id"]
+    children = tracker.children(experiment_id, parent_id)
+    for runs in children.values():  # no other live driver holds this sweep (open_parent checked): orphans
+        for r in runs:
+            if r.status == "RUNNING":
+                tracker.mark_killed(r.run_id, "its driver stopped without closing it")
+    children = tracker.children(experiment_id, parent_id)
+
+    jobs: list[dict[str, Any]] = []
+    for p in sweep.points:
+        state, run = point_state(children.get(p.point_id, []))
+        if state != "done":
+            run_id = run.run_id if run is not None and state != "failed" else None  # failed: a new run
+            jobs.append({"point": p, "run_id": run_id, "cost": cost(p.flat)})
+    total, done_before = len(sweep.points), len(sweep.points) - len(jobs)
+    reattached = sum(1 for j in jobs if j["run_id"])
+    out.write(
+        f"[{sweep.name}] {total} points: {done_before} done before, {len(jobs)} to run"
+        + (f" ({reattached} re-attached to their interrupted runs)" if reattached else "")
+        + f"; {concurrency} at a time, {sweep.resources.cpu:g} CPU {sweep.resources.gpu:g} GPU each\n"
+    )
+    out.flush()
+
+    train_s = 0.0
+    if jobs:
+        for result in _tune(sweep, jobs, ctx, concurrency, done_before, out):
+            train_s += float((result.metrics or {}).get("train_s", 0.0))
+            if result.error is not None:  # retries exhausted: its process kept dying, or MLflow failed
+                _fail_point(tracker, ctx, jobs[result.config["i"]]["point"], result.error)
+
+    # ---- close up: nothing stays RUNNING, the parent says how it went, done points drop their checkpoints
+    children = tracker.children(experiment_id, parent_id)
+    counts = {"done": 0, "failed": 0, "missing": 0}
+    keep: set[str] = set()  # the checkpoints a re-run resumes from
+    for p in sweep.points:
+        state, run = point_state(children.get(p.point_id, []))
+        if state == "running":
+            tracker.mark_killed(run.run_id, "its trial stopped without closing it")
+            state = "missing"
+        counts[state] += 1
+        if state == "missing":
+            keep.add(p.point_id)
+    status = "FINISHED" if counts["done"] == total else ("KILLED" if counts["missing"] else "FAILED")
+    tracker.close_parent(parent_id, status, {**counts, "total": total})
+    try:
+        prune(ctx["storage"], sweep.name, keep)
+    except OSError as e:
+        out.write(f"[{sweep.name}] could not prune old checkpoints in {ctx['storage']}: {e}\n")
+    return SweepReport(
+        name=sweep.name, tracking_uri=ctx["tracking_uri"], experiment_id=experiment_id,
+        parent_run_id=parent_id, total=total, done=counts["done"], failed=counts["failed"],
+        missing=counts["missing"], ran=len(jobs), wall_s=0.0, train_s=train_s, concurrency=concurrency,
+    )  # fmt: skip
+
+
+def _already_done(tracker: SweepTracker, sweep: Sweep) -> SweepReport | None:
+    """The report of a sweep whose every point has a FINISHED run, else None."""
+    found = tracker.parent_info(sweep.name)
+    if found is None:
+        return None
+    experiment_id, parent = found
+    children = tracker.children(experiment_id, parent.info.run_id)
+    if any(point_state(children.get(p.point_id, []))[0] != "done" for p in sweep.points):
+        return None
+    return SweepReport(
+        name=sweep.name, tracking_uri=tracker.uri, experiment_id=experiment_id,
+        parent_run_id=parent.info.run_id, total=len(sweep.points), done=len(sweep.points), failed=0,
+        missing=0, ran=0, wall_s=0.0, train_s=0.0, concurrency=0,
+    )  # fmt: skip
+
+
+def cost(flat: dict[str, Any]) -> float:
+    """A rough relative cost of a point, steps x L x (m^2 + a per-step constant): the longest points start
+    first, so that fewer cores sit idle while the last ones finish."""
+    cfg = TrialConfig.from_flat(flat)
+    return schedule(cfg).T * cfg.data.L * (cfg.model.m**2 + 128**2) * cfg.train.batch
+
+
+def prune(storage: str, sweep_name: str, keep: set[str]) -> None:
+    """Delete the checkpoints no re-run needs (every point not in `keep`), and Tune's own folders: resuming
+    goes by MLflow and the points' checkpoints, never by Tuner.restore."""
+    store = PointStore(storage, sweep_name)
+    for point_id in store.point_ids():
+        if point_id not in keep:
+            store.delete(point_id)
+    store.fs.delete_dir_contents(store.root.rpartition("/")[0] + "/tune", missing_dir_ok=True)
+
+
+def _fail_point(tracker: SweepTracker, ctx: dict[str, Any], point: Point, error: BaseException) -> None:
+    """A point whose trial Tune gave up on (its retries are spent): its run, or a new one if the trial died
+    before opening it, ends FAILED with Tune's error as the traceback."""
+    runs = tracker.children(ctx["experiment_id"], ctx["parent_run_id"]).get(point.point_id, [])
+    state, run = point_state(runs)
+    if state in ("done", "failed"):
+        return
+    with contextlib.suppress(Exception):  # MLflow itself may be what failed
+        trial_run = TrialRun.attach(ctx["tracking_uri"], ctx, point, run.run_id if run else None)
+        trial_run.start(point, {"rnnsgd.error": str(error).strip().splitlines()[-1][:500]})
+        trial_run.finish("error", traceback=str(error))
+
+
+def _tune(sweep: Sweep, jobs: list[dict], ctx: dict, concurrency: int, done_before: int, out: TextIO):
+    """One Tuner, one trial per job, the costliest first; SIGTERM stops it as gracefully as Ctrl+C."""
+    from ray import tune
+
+    from rnnsgd.sweep.progress import Progress
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    labels = [j["point"].label() for j in jobs]
+    progress = Progress(sweep.name, len(sweep.points), done_before, labels, stream=out)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, ctx=ctx, jobs=jobs),
+        {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu},
+    )
+    order = sorted(range(len(jobs)), key=lambda i: -jobs[i]["cost"])
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"i": tune.grid_search(order)},
+        tune_config=tune.TuneConfig(
+            reuse_actors=True,
+            max_concurrent_trials=concurrency,
+            trial_name_creator=lambda t: jobs[t.config["i"]]["point"].point_id,
+            trial_dirname_creator=lambda t: f"{jobs[t.config['i']]['point'].point_id}_{t.trial_id}",
+        ),
+        run_config=tune.RunConfig(
+            name=time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}",
+            storage_path=f"{ctx['storage'].rstrip('/')}/{sweep.name}/tune",
+            verbose=0,
+            callbacks=[progress],
+            failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+        ),
+    )
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        return tuner.fit()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        progress.close()

@@ -1,0 +1,389 @@
+"""Every MLflow call of the sweep service: experiment, parent run, child runs, statuses, batched metrics.
+
+One experiment per sweep name, one parent run per sweep (re-opened by every re-run of it), one child run per
+grid point. Runs end FINISHED (outcome completed, budget or diverged), KILLED (stopped or orphaned) or FAILED
+(with the traceback as an artifact). The driver uses `SweepTracker`; a trial uses `TrialRun`.
+
+Metric values are logged as they come, NaN included (a NaN means "not defined here", e.g. perf/steps_per_s
+at step 0, or a diverged run). A step may appear twice in a run that was stopped and resumed (the same values
+both times): readers dedupe by (run, key, step), keeping the last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from rnnsgd.config import format_value
+from rnnsgd.sweep.spec import Point, Sweep, SweepError, sweep_from_dict
+
+ROLE = "rnnsgd.role"  # "parent" | "trial"
+DRIVER = "rnnsgd.driver"  # "host:pid" of the driver that last opened the parent
+PARENT_ID = "mlflow.parentRunId"
+DEFINITION = "sweep.json"  # the parent's artifact: the resolved sweep, read back by `rnnsgd status NAME`
+TRACEBACK = "traceback.txt"
+OUTCOME_STATUS = {
+    "completed": "FINISHED", "budget": "FINISHED", "diverged": "FINISHED",  # the trainer's outcomes
+    "killed": "KILLED", "error": "FAILED",
+}  # fmt: skip
+PARAM_MAX = 500  # MLflow params are strings; the flat config's values are far shorter
+
+
+def default_tracking_uri(cwd: str | Path | None = None) -> str:
+    """sqlite:////<abs cwd>/runs/mlflow.db: absolute, because every trial runs in a folder of its own."""
+    return f"sqlite:///{(Path(cwd or os.getcwd()) / 'runs' / 'mlflow.db').resolve()}"
+
+
+def resolve_tracking_uri(cli: str | None, from_file: str | None, source: str) -> tuple[str, str]:
+    """(uri, where it came from): --tracking-uri, else MLFLOW_TRACKING_URI, else the sweep file, else the
+    default."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    for uri, where in (
+        (cli, "--tracking-uri"),
+        (env, "MLFLOW_TRACKING_URI"),
+        (from_file, f"{source}: tracking_uri"),
+    ):
+        if uri:
+            return normalize_uri(uri.strip(), where), where
+    return default_tracking_uri(), "default tracking URI"
+
+
+def normalize_uri(uri: str, where: str) -> str:
+    scheme = urlparse(uri).scheme
+    if scheme == "sqlite":
+        path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
+        if not path:
+            raise SweepError(f"{where}: expected sqlite:////absolute/path/mlflow.db, got {uri!r}")
+        return f"sqlite:///{os.path.abspath(path)}"  # relative paths would move with each trial's folder
+    if scheme in ("", "file"):
+        raise SweepError(f"{where}: {uri!r} is a file store, which MLflow 3 refuses; "
+                         "use sqlite:////absolute/path/mlflow.db or a server, http://host:5000")  # fmt: skip
+    return uri
+
+
+def check_reachable(uri: str, where: str, timeout: float = 5.0) -> None:
+    """Fail fast (SweepError) when the store cannot be written or the server does not answer."""
+    scheme = urlparse(uri).scheme
+    if scheme == "sqlite":
+        folder = Path(uri[len("sqlite:///") :]).parent
+        existing = next(p for p in (folder, *folder.parents) if p.exists())  # created when the store is
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise SweepError(f"{where}: cannot create the store {uri} ({existing} is not a writable folder)")
+    elif scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                if r.status != 200:
+                    raise SweepError(f"{where}: {uri} answered /health with HTTP {r.status}")
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise SweepError(f"{where}: cannot reach the MLflow server at {uri} ({reason})") from None
+    else:
+        try:
+            _client(uri).search_experiments(max_results=1)
+        except Exception as e:
+            raise SweepError(f"{where}: cannot use tracking URI {uri} ({type(e).__name__}: {e})") from None
+
+
+def store_exists(uri: str) -> bool:
+    """False for a SQLite store that was never created (reading it must not create it)."""
+    return not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///") :]).is_file()
+
+
+_CLIENTS: dict[str, Any] = {}
+
+
+def _client(uri: str):
+    """One client per URI and process (a reused Ray actor keeps it across trials)."""
+    if uri not in _CLIENTS:
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")  # no "View run at" per run
+        from mlflow import MlflowClient
+
+        _CLIENTS[uri] = MlflowClient(tracking_uri=uri)
+    return _CLIENTS[uri]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def driver_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive_here(driver: str | None) -> bool:
+    """True when `driver` ("host:pid") is a live process on this host other than this one."""
+    host, _, pid = (driver or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    run_id: str
+    point_id: str
+    status: str  # RUNNING | SCHEDULED | FINISHED | FAILED | KILLED
+    outcome: str | None
+    start_time: int
+    end_time: int | None
+
+
+def point_state(runs: list[ChildRun]) -> tuple[str, ChildRun | None]:
+    """A point's state from its runs: done (a FINISHED run), else the latest run's status, else missing."""
+    finished = [r for r in runs if r.status == "FINISHED"]
+    if finished:
+        return "done", max(finished, key=lambda r: r.start_time)
+    if not runs:
+        return "missing", None
+    latest = max(runs, key=lambda r: r.start_time)
+    return {"FAILED": "failed", "RUNNING": "running"}.get(latest.status, "missing"), latest
+
+
+class SweepTracker:
+    """The driver's side: experiment, parent run, the existing children, orphans, the parent's end."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        if uri.startswith("sqlite:///"):
+            folder = Path(uri[len("sqlite:///") :]).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise SweepError(f"tracking URI {uri}: cannot create {folder} ({e.strerror})") from None
+        # a new SQLite store runs MLflow's migrations here, once (quietly: they log each step at INFO)
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        self.client = _client(uri)
+        self.client.search_experiments(max_results=1)
+
+    def experiment(self, name: str, create: bool = True) -> str | None:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None and exp.lifecycle_stage == "deleted":
+            restore = f"mlflow experiments restore --experiment-id {exp.experiment_id}"
+            raise SweepError(
+                f"name: MLflow experiment {name!r} was deleted; restore it ({restore}) or rename it"
+            )
+        if exp is not None:
+            return exp.experiment_id
+        if not create:
+            return None
+        location = None
+        if self.uri.startswith("sqlite:///"):  # artifacts next to the database, by absolute path
+            location = str(Path(self.uri[len("sqlite:///") :]).parent / "mlartifacts" / name)
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def find_parent(self, experiment_id: str):
+        runs = self.client.search_runs(
+            [experiment_id],
+            f"tags.`{ROLE}` = 'parent'",
+            max_results=1,
+            order_by=["attributes.start_time ASC"],
+        )
+        return runs[0] if runs else None
+
+    def open_parent(
+        self, experiment_id: str, name: str, definition: dict[str, Any], tags: dict[str, str]
+    ) -> str:
+        """Create the sweep's parent run, or re-open it; refuse while a live driver on this host holds it."""
+        parent = self.find_parent(experiment_id)
+        if parent is not None:
+            holder = parent.data.tags.get(DRIVER)
+            if parent.info.status == "RUNNING" and _alive_here(holder):
+                raise SweepError(
+                    f"name: sweep {name!r} is being run right now by {holder}; wait or stop that driver"
+                )
+            run_id = parent.info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            run_id = self.client.create_run(
+                experiment_id, run_name=name, tags={ROLE: "parent", "sweep": name, **tags}
+            ).info.run_id
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(
+            run_id, tags=[RunTag(DRIVER, driver_id()), *(RunTag(k, v) for k, v in tags.items())]
+        )
+        self.client.log_dict(run_id, definition, DEFINITION)
+        return run_id
+
+    def children(self, experiment_id: str, parent_id: str) -> dict[str, list[ChildRun]]:
+        """point_id -> its runs under the parent."""
+        out: dict[str, list[ChildRun]] = {}
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [experiment_id], f"tags.`{PARENT_ID}` = '{parent_id}'", max_results=1000, page_token=token
+            )
+            for r in page:
+                pid, info = r.data.tags.get("point_id"), r.info
+                if pid:
+                    outcome = r.data.tags.get("outcome")
+                    run = ChildRun(
+                        info.run_id, pid, info.status, outcome, info.start_time or 0, info.end_time
+                    )
+                    out.setdefault(pid, []).append(run)
+            token = page.token
+            if not token:
+                return out
+
+    def mark_killed(self, run_id: str, reason: str) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(
+            run_id, tags=[RunTag("outcome", "killed"), RunTag("rnnsgd.killed_reason", reason)]
+        )
+        self.client.set_terminated(run_id, "KILLED")
+
+    def close_parent(self, run_id: str, status: str, counts: dict[str, int]) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        ts = _now_ms()
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(f"sweep/{k}", float(v), ts, 0) for k, v in counts.items()],
+            tags=[RunTag(f"rnnsgd.{k}", str(v)) for k, v in counts.items()],
+        )
+        self.client.set_terminated(run_id, status)
+
+    def parent_info(self, name: str) -> tuple[str, Any] | None:
+        """(experiment_id, parent Run) of the sweep called `name`, or None when MLflow has never seen it."""
+        exp_id = self.experiment(name, create=False)
+        if exp_id is None:
+            return None
+        parent = self.find_parent(exp_id)
+        return None if parent is None else (exp_id, parent)
+
+    def definition(self, parent_id: str) -> dict[str, Any]:
+        with tempfile.TemporaryDirectory() as tmp:
+            return json.loads(Path(self.client.download_artifacts(parent_id, DEFINITION, tmp)).read_text())
+
+
+def driver_alive(parent) -> bool:
+    """Whether the driver holding this parent run may still run (one on another host is assumed to)."""
+    holder = parent.data.tags.get(DRIVER) or ""
+    if parent.info.status != "RUNNING":
+        return False
+    return holder.rpartition(":")[0] != socket.gethostname() or _alive_here(holder)
+
+
+class TrialRun:
+    """A trial's side: its child run (created once, re-attached on every retry or resume), metrics, end.
+
+    Metrics are buffered and sent in one request at most every FLUSH_S seconds, and at the end: a request
+    costs milliseconds of Python on the trial's own core whatever it carries, and on SQLite concurrent
+    writers wait for each other's locks. What a killed trial had not sent is in its checkpoint's history,
+    and `relog` sends it when the trial resumes.
+    """
+
+    FLUSH_S = 5.0
+    MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch
+
+    def __init__(self, uri: str, run_id: str, new: bool) -> None:
+        self.client = _client(uri)
+        self.run_id = run_id
+        self.new = new  # created by this attempt (else re-attached to an interrupted or retried run)
+        self.buffer: list[list[Any]] = []  # one list of Metric per evaluation
+        self.last_flush = time.monotonic()
+
+    @classmethod
+    def attach(cls, uri: str, ctx: dict[str, Any], point: Point, run_id: str | None) -> TrialRun:
+        """Re-attach to `run_id`, or to the point's unfinished run under the parent, or create its run."""
+        if run_id is not None:
+            return cls(uri, run_id, new=False)
+        client = _client(uri)
+        runs = client.search_runs(
+            [ctx["experiment_id"]],
+            f"tags.`{PARENT_ID}` = '{ctx['parent_run_id']}' and tags.point_id = '{point.point_id}'",
+            order_by=["attributes.start_time DESC"],
+        )
+        live = [r for r in runs if r.info.status not in ("FINISHED", "FAILED")]
+        if live:  # an earlier attempt of this trial opened it, then its process died
+            return cls(uri, live[0].info.run_id, new=False)
+        tags = {
+            PARENT_ID: ctx["parent_run_id"], ROLE: "trial", "sweep": ctx["sweep"], "point_id": point.point_id,
+            "seed": str(point.flat["seed.run"]), "git_sha": ctx["git_sha"],
+        }  # fmt: skip
+        run = client.create_run(ctx["experiment_id"], run_name=point.label(), tags=tags)
+        return cls(uri, run.info.run_id, new=True)
+
+    def start(self, point: Point, tags: dict[str, str]) -> None:
+        """RUNNING, with this attempt's tags and the flat config as params (again on a re-attached run: the
+        same values, in case the attempt that created it died before logging them)."""
+        from mlflow.entities import Param, RunTag
+
+        if not self.new:
+            self.client.update_run(self.run_id, status="RUNNING")
+        params = [Param(k, format_value(v)[:PARAM_MAX]) for k, v in point.flat.items()]
+        self.client.log_batch(self.run_id, params=params, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def last_logged_step(self, key: str = "test/risk") -> int:
+        history = self.client.get_metric_history(self.run_id, key)
+        return max((m.step for m in history), default=-1)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """One evaluation's metrics (all but "step"), sent with the next flush."""
+        from mlflow.entities import Metric
+
+        ts = _now_ms()
+        self.buffer.append([Metric(k, float(v), ts, step) for k, v in metrics.items() if k != "step"])
+        if time.monotonic() - self.last_flush >= self.FLUSH_S:
+            self.flush()
+
+    def relog(self, history: list[dict[str, float]]) -> None:
+        """Send the evaluations of a checkpoint's history that MLflow lacks (a killed trial's unsent tail)."""
+        last = self.last_logged_step()
+        for metrics in history:
+            if int(metrics["step"]) > last:
+                self.log(metrics, int(metrics["step"]))
+        self.flush()
+
+    def flush(self, tags: list[Any] = ()) -> None:
+        """Send the buffer in as few requests as fit, never splitting an evaluation across two."""
+        chunk: list[Any] = []
+        for evaluation in self.buffer:
+            if chunk and len(chunk) + len(evaluation) > self.MAX_BATCH:
+                self.client.log_batch(self.run_id, metrics=chunk)
+                chunk = []
+            chunk.extend(evaluation)
+        if chunk or tags:
+            self.client.log_batch(self.run_id, metrics=chunk, tags=list(tags))
+        self.buffer.clear()
+        self.last_flush = time.monotonic()
+
+    def finish(self, outcome: str, tags: dict[str, str] | None = None, traceback: str | None = None) -> None:
+        """Send what is buffered, then end the run: FINISHED / KILLED / FAILED from the outcome; a traceback
+        becomes an artifact."""
+        from mlflow.entities import RunTag
+
+        if traceback is not None:
+            with contextlib.suppress(Exception):  # the status matters more than the artifact
+                self.client.log_text(self.run_id, traceback, TRACEBACK)
+        self.flush(tags=[RunTag("outcome", outcome), *(RunTag(k, v) for k, v in (tags or {}).items())])
+        self.client.set_terminated(self.run_id, OUTCOME_STATUS[outcome])
+
+
+def stored_sweep(name: str, tracking_uri: str | None = None, sets: dict[str, str] | None = None) -> Sweep:
+    """The sweep called `name` as its parent run stored it (for `status NAME`, `sweep --resume NAME`)."""
+    uri, where = resolve_tracking_uri(tracking_uri, None, name)
+    check_reachable(uri, where)
+    found = SweepTracker(uri).parent_info(name) if store_exists(uri) else None
+    if found is None:
+        raise SweepError(f"{name}: no such sweep file, and no sweep of that name in {uri}")
+    return sweep_from_dict(SweepTracker(uri).definition(found[1].info.run_id), f"mlflow:{name}", None, sets)

@@ -1,0 +1,65 @@
+"""Helpers for the sweep tests: tiny sweep files and reading back what MLflow holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# tiny trials: a second or two each on one core, with a handful of evaluations
+TINY_BASE = {
+    "model.m": 32, "data.L": 4, "data.N": 64, "data.n_test": 128, "train.T": 600,
+    "train.evals_per_decade": 4, "train.probe": 16,
+}  # fmt: skip
+
+
+def write_sweep(folder: Path, name: str, **fields: Any) -> Path:
+    """A sweep file `name`.yaml in `folder`; fields override the tiny default (base merges key by key)."""
+    doc: dict[str, Any] = {"name": name, "base": dict(TINY_BASE), "resources": {"cpu": 1}, "concurrency": 2}
+    doc["base"].update(fields.pop("base", {}))
+    doc.update(fields)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def sweep_runs(uri: str, name: str) -> tuple[Any, list[Any]]:
+    """(the parent runs, the child runs) of the sweep's experiment."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    runs = c.search_runs([exp.experiment_id], max_results=5000)
+    parents = [r for r in runs if r.data.tags.get("rnnsgd.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("rnnsgd.role") == "trial"]
+    return parents, children
+
+
+def by_point(children: list[Any]) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for r in children:
+        out.setdefault(r.data.tags["point_id"], []).append(r)
+    return out
+
+
+def steps(uri: str, run_id: str, key: str = "test/risk") -> list[int]:
+    return [m.step for m in sorted(client(uri).get_metric_history(run_id, key), key=lambda m: m.timestamp)]
+
+
+def assert_one_finished_per_point(uri: str, name: str, point_ids: list[str]) -> dict[str, Any]:
+    """Every point: exactly one run, FINISHED; no run RUNNING; one parent. Returns point_id -> run."""
+    parents, children = sweep_runs(uri, name)
+    assert len(parents) == 1, [p.info.status for p in parents]
+    assert not [r for r in children if r.info.status == "RUNNING"], "a run was left RUNNING"
+    runs = by_point(children)
+    assert set(runs) == set(point_ids)
+    for pid, rs in runs.items():
+        statuses = [r.info.status for r in rs]
+        assert statuses == ["FINISHED"], f"point {pid}: {statuses}"
+        assert rs[0].data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    return {pid: rs[0] for pid, rs in runs.items()}
