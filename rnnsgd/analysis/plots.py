@@ -46,7 +46,7 @@ def learning_curves(
         ax.plot(agg[x], agg["mean"], "o-", color="C0")
         ax.fill_between(agg[x], agg["ci_lo"], agg["ci_hi"], color="C0", alpha=0.2, lw=0)
         if level is not None:
-            ax.axhline(level, color="C3", ls="--", lw=1, label=f"eps = {level:g}")
+            ax.axhline(level, color="C3", ls="--", lw=1, label=f"threshold {level:g}")
             ax.legend(fontsize=7)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log" if (sub[y] > 0).all() else "linear")
