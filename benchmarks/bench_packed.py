@@ -27,6 +27,7 @@ import statistics
 import time
 
 import torch
+from bench_train import Reference  # the same torch.nn.RNN autograd loop, one definition
 
 from rnnsgd.config import TrialConfig
 from rnnsgd.packed import MEMORY_FRACTION, PackedTrainer, estimate_bytes, memory_budget
@@ -54,33 +55,6 @@ def matmul_gflops(device: torch.device, seconds: float = 1.0) -> float:
             sync(device)
     sync(device)
     return reps * 2 * n**3 / (time.perf_counter() - t0) / 1e9
-
-
-class Reference:
-    """The same SGD with torch.nn.RNN and autograd: weight_hh_l0 = W + W' is the trained parameter."""
-
-    def __init__(self, trainer: Trainer) -> None:
-        net, dev = trainer.net, trainer.device
-        self.rnn = torch.nn.RNN(net.d_x + 1, net.m, nonlinearity="relu", bias=False, batch_first=True).to(dev)
-        self.rnn.weight_ih_l0.requires_grad_(False)
-        self.W0, self.A, self.B = net.W.clone(), net.A.clone(), net.B.clone()
-        self.x, self.y = trainer.train_set.x, trainer.train_set.y
-        self.lam, self.eta, self.N = trainer.sched.lam, trainer.sched.eta, trainer.cfg.data.N
-        with torch.no_grad():
-            self.rnn.weight_ih_l0.copy_(self.A)
-            self.rnn.weight_hh_l0.copy_(self.W0)
-        self.gen = torch.Generator().manual_seed(0)
-
-    def sgd(self, n_steps: int) -> None:
-        W = self.rnn.weight_hh_l0
-        for i in torch.randint(self.N, (n_steps,), generator=self.gen).tolist():
-            h, _ = self.rnn(self.x[i : i + 1])  # (1, L, m)
-            z = self.lam * (h[:, 2:] @ self.B.T)  # positions 3..L
-            loss = (z - self.y[i : i + 1, 2:]).norm(dim=-1).sum()
-            W.grad = None
-            loss.backward()
-            with torch.no_grad():
-                W.sub_(self.eta * W.grad)
 
 
 def config(m: int, L: int, device: str, seed: int = 0) -> TrialConfig:

@@ -48,7 +48,8 @@ class Reference:
 
     def __init__(self, trainer: Trainer) -> None:
         net, cfg = trainer.net, trainer.cfg
-        self.rnn = torch.nn.RNN(net.d_x + 1, net.m, nonlinearity="relu", bias=False, batch_first=True)
+        rnn = torch.nn.RNN(net.d_x + 1, net.m, nonlinearity="relu", bias=False, batch_first=True)
+        self.rnn = rnn.to(trainer.device)
         self.rnn.weight_ih_l0.requires_grad_(False)
         self.W0, self.A, self.B = net.W.clone(), net.A.clone(), net.B.clone()
         self.x, self.y = trainer.train_set.x, trainer.train_set.y

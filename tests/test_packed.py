@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from test_train import same, small, without_perf  # one definition of the shared test helpers
 
 from rnnsgd.config import TrialConfig
 from rnnsgd.packed import (
@@ -23,23 +24,6 @@ from rnnsgd.packed import (
 from rnnsgd.train import Trainer, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def small(device: str = "cpu", **flat) -> TrialConfig:
-    base = {"model.m": 32, "data.L": 5, "data.N": 64, "data.n_test": 64, "train.T": 300,
-            "train.device": device, "train.probe": 16}  # fmt: skip
-    return TrialConfig.from_flat({**base, **flat})
-
-
-def without_perf(metrics: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in metrics.items() if not k.startswith("perf/")}
-
-
-def same(a: dict[str, float], b: dict[str, float]) -> bool:
-    """Equal, NaN == NaN."""
-    return a.keys() == b.keys() and all(
-        x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a.values(), b.values(), strict=True)
-    )
 
 
 def alone(cfg: TrialConfig, state=None):
