@@ -1,10 +1,12 @@
 """The sweep service's overhead: a sweep's wall time against the sum of its trials' training time divided by
 the concurrency (1.0 would be a service that costs nothing). Runs `rnnsgd sweep` as a user does, in a fresh
 folder with a fresh MLflow store, then reads the runs back and prints the factor, where the rest of the time
-went, and the final risk per (L, N) cell.
+went, and the final risk per (L, N) cell. With --compare-packing, the wall time of the sweep run a trial per
+point (pack.size=1) against packed (the file's pack settings), alternating, and the ratio of the medians.
 
     .venv/bin/python benchmarks/bench_sweep.py                      # sweeps/smoke.yaml
     .venv/bin/python benchmarks/bench_sweep.py sweeps/e2.yaml --variant smoke
+    .venv/bin/python benchmarks/bench_sweep.py --compare-packing 3  # smoke: unpacked vs packed, 3 rounds
 """
 
 from __future__ import annotations
@@ -23,24 +25,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("file", nargs="?", default=str(REPO / "sweeps" / "smoke.yaml"))
-    ap.add_argument("--variant")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--json", help="also write the numbers to this file")
-    args = ap.parse_args()
-
+def run_once(file: str, variant: str | None, sets: list[str], quiet: bool = False) -> tuple[dict, list]:
+    """`rnnsgd sweep` in a fresh folder and store; (the numbers, the child runs)."""
     from rnnsgd.sweep.spec import load_sweep
 
-    sets = dict(s.split("=", 1) for s in args.set)
-    sweep = load_sweep(args.file, args.variant, sets)
+    sweep = load_sweep(file, variant, dict(s.split("=", 1) for s in sets))
     work = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
     uri = f"sqlite:///{work}/mlflow.db"
-    cmd = [sys.executable, "-m", "rnnsgd.cli", "sweep", str(Path(args.file).resolve()), "--tracking-uri", uri,
+    cmd = [sys.executable, "-m", "rnnsgd.cli", "sweep", str(Path(file).resolve()), "--tracking-uri", uri,
            "--storage", str(work / "ray")]  # fmt: skip
-    cmd += [f"--variant={args.variant}"] if args.variant else []
-    cmd += [f"--set={s}" for s in args.set]
+    cmd += [f"--variant={variant}"] if variant else []
+    cmd += [f"--set={s}" for s in sets]
     env = {
         k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RNNSGD_FAULT", "MLFLOW_TRACKING_URI")
     }
@@ -50,7 +45,7 @@ def main() -> int:
     t1 = time.time()
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
-        return proc.returncode
+        raise SystemExit(proc.returncode)
 
     from mlflow import MlflowClient
 
@@ -58,31 +53,72 @@ def main() -> int:
     exp = client.get_experiment_by_name(sweep.name)
     runs = [r for r in client.search_runs([exp.experiment_id], max_results=5000)
             if r.data.tags.get("rnnsgd.role") == "trial"]  # fmt: skip
-    train_s = sum(float(r.data.tags["rnnsgd.train_s"]) for r in runs)
+    trials: dict[str, list] = defaultdict(list)  # a trial trains a pack of points
+    for r in runs:
+        trials[r.data.tags["rnnsgd.trial_id"]].append(r)
+    # a pack's training time is its last point's rnnsgd.train_s (the pack's time while the point was in it)
+    train = {t: max(float(r.data.tags["rnnsgd.train_s"]) for r in rs) for t, rs in trials.items()}
+    span = {t: (max(r.info.end_time for r in rs) - min(r.info.start_time for r in rs)) / 1000
+            for t, rs in trials.items()}  # fmt: skip
+    train_s = sum(train.values())
+    service = sum(span[t] - train[t] for t in trials)
     cpus = os.cpu_count() or 1
     concurrency = min(sweep.concurrency or cpus, int(cpus // sweep.resources.cpu))
     wall = t1 - t0
     ideal = train_s / concurrency
-    service = sum(
-        (r.info.end_time - r.info.start_time) / 1000 - float(r.data.tags["rnnsgd.train_s"]) for r in runs
-    )
     first_start = min(r.info.start_time for r in runs) / 1000
     last_end = max(r.info.end_time for r in runs) / 1000
     numbers = {
-        "sweep": sweep.name, "points": len(runs), "concurrency": concurrency, "wall_s": round(wall, 1),
-        "sum_train_s": round(train_s, 1), "ideal_s": round(ideal, 1),
+        "sweep": sweep.name, "points": len(runs), "trials": len(trials), "concurrency": concurrency,
+        "wall_s": round(wall, 1), "sum_train_s": round(train_s, 1), "ideal_s": round(ideal, 1),
         "overhead_factor": round(wall / ideal, 3),
         "startup_s": round(first_start - t0, 1), "trials_span_s": round(last_end - first_start, 1),
         "shutdown_s": round(t1 - last_end, 1),
         "span_factor": round((last_end - first_start) / ideal, 3), "in_trial_service_s": round(service, 1),
     }  # fmt: skip
-    print(f"{sweep.name}: {len(runs)} points, concurrency {concurrency}, wall {wall:.1f} s, sum of training "
-          f"{train_s:.1f} s -> ideal {ideal:.1f} s: overhead factor {wall / ideal:.2f}")  # fmt: skip
-    print(f"  start-up (Ray, MLflow, the first trial's process) {numbers['startup_s']} s; first trial "
-          f"start to last trial end {numbers['trials_span_s']} s (factor {numbers['span_factor']}); "
-          f"shut-down {numbers['shutdown_s']} s")  # fmt: skip
-    print(f"  inside the trials but not training (MLflow, checkpoints, reports to Tune): {service:.1f} s "
-          f"in all, {service / len(runs):.2f} s per trial")  # fmt: skip
+    if not quiet:
+        print(f"{sweep.name}: {len(runs)} points in {len(trials)} trials, concurrency {concurrency}, wall "
+              f"{wall:.1f} s, sum of training {train_s:.1f} s -> ideal {ideal:.1f} s: overhead factor "
+              f"{wall / ideal:.2f}")  # fmt: skip
+        print(f"  start-up (Ray, MLflow, the first trial's process) {numbers['startup_s']} s; first trial "
+              f"start to last trial end {numbers['trials_span_s']} s (factor {numbers['span_factor']}); "
+              f"shut-down {numbers['shutdown_s']} s")  # fmt: skip
+        print(f"  inside the trials but not training (MLflow, checkpoints, reports to Tune): {service:.1f} s "
+              f"in all, {service / len(trials):.2f} s per trial")  # fmt: skip
+    return numbers, runs
+
+
+def compare_packing(args) -> int:
+    """The same sweep with pack.size=1 (a trial per point) and with the file's packing, alternating."""
+    walls: dict[str, list[float]] = {"unpacked": [], "packed": []}
+    for r in range(args.compare_packing):
+        for how, extra in (("unpacked", ["pack.size=1"]), ("packed", [])):
+            numbers, _ = run_once(args.file, args.variant, args.set + extra, quiet=True)
+            walls[how].append(numbers["wall_s"])
+            print(f"  round {r + 1} {how}: {numbers['points']} points in {numbers['trials']} trials, wall "
+                  f"{numbers['wall_s']} s (start-up {numbers['startup_s']} s, trials "
+                  f"{numbers['trials_span_s']} s, shut-down {numbers['shutdown_s']} s, sum of training "
+                  f"{numbers['sum_train_s']} s)", flush=True)  # fmt: skip
+    med = {how: statistics.median(w) for how, w in walls.items()}
+    print(f"median wall: unpacked {med['unpacked']:.1f} s, packed {med['packed']:.1f} s: packed is "
+          f"{med['unpacked'] / med['packed']:.2f}x faster")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps({"walls": walls, "median": med}, indent=2))
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("file", nargs="?", default=str(REPO / "sweeps" / "smoke.yaml"))
+    ap.add_argument("--variant")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--compare-packing", type=int, metavar="ROUNDS",
+                    help="run the sweep unpacked and packed, alternating, ROUNDS times each")  # fmt: skip
+    ap.add_argument("--json", help="also write the numbers to this file")
+    args = ap.parse_args()
+    if args.compare_packing:
+        return compare_packing(args)
+    numbers, runs = run_once(args.file, args.variant, args.set)
 
     cells: dict[tuple, list] = defaultdict(list)
     for r in runs:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +102,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 print(f"  {f'block {i}: ' if len(sweep.blocks) > 1 else ''}{axes}")
             for p in sweep.points:
                 print(f"  {p.point_id}  {p.label()}")
+            from rnnsgd.sweep.runner import pack_points
+
+            slots = sweep.concurrency or max(1, int((os.cpu_count() or 1) // sweep.resources.cpu))
+            sizes = Counter(len(p) for p in pack_points(sweep, list(sweep.points), slots))
+            shape = ", ".join(f"{n} x {k}" for k, n in sorted(sizes.items(), reverse=True))
+            print(f"{sum(sizes.values())} trials: {shape} points (pack.size {sweep.pack.size or 'auto'}, "
+                  f"{slots} at a time on this machine)")  # fmt: skip
             return 0
         from rnnsgd.sweep.runner import run_sweep
 

@@ -1,6 +1,7 @@
 """Interrupting the sweep driver (`rnnsgd sweep` in a subprocess, joined to the test's Ray) with SIGINT, and
 separately SIGKILL, mid-sweep, then re-running it: every point ends with exactly one FINISHED run, none
-RUNNING, none duplicated, the finished points were not trained again, and interrupted points resume."""
+RUNNING, none duplicated, the finished points were not trained again (though their packs were stopped), and
+interrupted points resume."""
 
 from __future__ import annotations
 
@@ -42,8 +43,10 @@ def statuses(uri: str, name: str) -> list[str]:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
 def test_interrupted_driver_then_rerun(ray_local, store, tmp_path, sig):
     name = f"interrupt-{sig.name.lower()}"
-    # 4 points of 5-10 s each, 2 at a time
-    path = write_sweep(tmp_path, name, base={"train.T": 30000}, grid={"data.N": [16, 32]}, seeds=2)
+    # 4 points in 2 packs of 2 (one trial per core), each a short point (a second) and a long one (~10 s,
+    # no plateau before its budget): a point finishes while its pack goes on
+    path = write_sweep(tmp_path, name, base={"train.min_steps": 100000},
+                       grid={"data.N": [16, 32], "train.T": [2000, 100000]})  # fmt: skip
     sweep = load_sweep(path)
     uri = store["tracking_uri"]
     env = {**os.environ, "RAY_ADDRESS": ray_local}

@@ -2,7 +2,8 @@
 
 One status line, points done/total (done in earlier runs included), running, failed and an ETA from this
 run's rate of completion; it is redrawn in place on a terminal and printed every `interval` seconds (and at
-each finished point) otherwise.
+each finished trial) otherwise. A trial trains a pack of points and reports how many of them have ended
+(`points_done`, `points_failed`, cumulative over its attempts) with every result.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ def _duration(seconds: float) -> str:
 
 class Progress(Callback):
     def __init__(
-        self, name: str, total: int, done_before: int, labels: list[str], stream: TextIO | None = None,
-        interval: float | None = None,
+        self, name: str, total: int, done_before: int, labels: list[str], sizes: list[int],
+        stream: TextIO | None = None, interval: float | None = None,
     ) -> None:  # fmt: skip
-        self.name, self.total, self.done, self.labels = name, total, done_before, labels
-        self.failed = self.retries = self.completed_here = 0
+        self.name, self.total, self.done_before = name, total, done_before
+        self.labels, self.sizes = labels, sizes  # per pack (trial config "i")
+        self.ended: dict[int, tuple[int, int]] = {}  # pack -> (points done, points failed)
+        self.retries = 0
         self.running: set[str] = set()
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
@@ -34,18 +37,27 @@ class Progress(Callback):
         self.last_shown = -float("inf")
         self.last_state: tuple = ()
 
+    @property
+    def done_here(self) -> int:
+        return sum(d for d, _ in self.ended.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(f for _, f in self.ended.values())
+
     def _state(self) -> tuple:
-        return self.done, self.failed, len(self.running), self.retries
+        return self.done_here, self.failed, len(self.running), self.retries
 
     def line(self) -> str:
-        remaining = self.total - self.done - self.failed
-        if self.completed_here and remaining > 0:
-            eta = _duration(remaining * (time.monotonic() - self.t0) / self.completed_here)
+        done = self.done_before + self.done_here
+        remaining = self.total - done - self.failed
+        if self.done_here and remaining > 0:
+            eta = _duration(remaining * (time.monotonic() - self.t0) / self.done_here)
         else:
             eta = "-" if remaining == 0 else "?"
         extra = f", {self.retries} retried" if self.retries else ""
         elapsed = _duration(time.monotonic() - self.t0)
-        counts = f"{self.done}/{self.total} done, {len(self.running)} running, {self.failed} failed{extra}"
+        counts = f"{done}/{self.total} done, {len(self.running)} trials running, {self.failed} failed{extra}"
         return f"[{self.name}] {counts}, elapsed {elapsed}, ETA {eta}"
 
     def show(self, force: bool = False, note: str | None = None) -> None:
@@ -74,32 +86,47 @@ class Progress(Callback):
     def _label(self, trial: Any) -> str:
         return self.labels[trial.config["i"]]
 
+    def _count(self, trial: Any, result: dict[str, Any] | None) -> None:
+        if result and "points_done" in result:
+            self.ended[trial.config["i"]] = (int(result["points_done"]), int(result["points_failed"]))
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.add(trial.trial_id)
+        self.show()
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self._count(trial, result)
         self.show()
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.retries += 1
         self.show(
-            force=True, note=f"  {self._label(trial)}: trial process died, retrying from its checkpoint"
+            force=True, note=f"  {self._label(trial)}: trial process died, retrying from its checkpoints"
         )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.discard(trial.trial_id)
         result = trial.last_result or {}
-        outcome = result.get("outcome", "stopped")
-        if outcome == "error":
-            self.failed += 1
-        elif outcome in ("completed", "budget", "diverged"):
-            self.done += 1
-            self.completed_here += 1
-        took = f" in {_duration(result['train_s'])}" if "train_s" in result else ""
-        self.show(force=True, note=f"  {self._label(trial)}: {outcome}{took}")
+        self._count(trial, result)
+        if result.get("outcome") != "done":  # stopped (Ctrl+C) before its points ended
+            self.show(force=True, note=f"  {self._label(trial)}: stopped")
+            return
+        done, failed = self.ended.get(trial.config["i"], (0, 0))
+        what = result_line(done, failed, self.sizes[trial.config["i"]])
+        self.show(force=True, note=f"  {self._label(trial)}: {what} in {_duration(result['train_s'])}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.discard(trial.trial_id)
-        self.failed += 1
+        i = trial.config["i"]
+        done = self.ended.get(i, (0, 0))[0]
+        self.ended[i] = (done, self.sizes[i] - done)  # the driver fails the points it had not ended
         self.show(force=True, note=f"  {self._label(trial)}: trial failed after its retries")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self.show()
+
+
+def result_line(done: int, failed: int, size: int) -> str:
+    if size == 1:
+        return "failed" if failed else "done"
+    return f"{done} done" + (f", {failed} failed" if failed else "")

@@ -4,8 +4,9 @@
     2. MLflow: the sweep's experiment and parent run; runs orphaned by a killed driver are marked KILLED
     3. plan: points with a FINISHED run are skipped; an interrupted point re-attaches to its run and resumes
        from the last checkpoint a previous driver left in storage; the rest start fresh
-    4. one Ray Tune Tuner over the planned points (reuse_actors, FailureConfig retries from checkpoints)
-    5. close: runs left RUNNING become KILLED, the parent ends FINISHED / FAILED / KILLED, checkpoints of
+    4. pack: points of one shape share a trial (rnnsgd.sweep.packing), up to pack.size and the memory budget
+    5. one Ray Tune Tuner over the packs (reuse_actors, FailureConfig retries from the points' checkpoints)
+    6. close: runs left RUNNING become KILLED, the parent ends FINISHED / FAILED / KILLED, checkpoints of
        finished points are deleted, and the `mlflow ui` command is printed
 
 Resuming is by MLflow state and checkpoints rather than Tuner.restore, which cannot add grid points.
@@ -26,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from rnnsgd.config import TrialConfig, schedule
+from rnnsgd.config import TrialConfig, format_value, schedule
+from rnnsgd.sweep.packing import plan, trial_budget
 from rnnsgd.sweep.spec import Point, Sweep, SweepError
 from rnnsgd.sweep.tracking import (
     SweepTracker,
@@ -61,6 +63,7 @@ class SweepReport:
     failed: int
     missing: int  # not done and not failed: never run, or stopped (Ctrl+C) before the end
     ran: int  # points this run started
+    trials: int  # Ray Tune trials they ran in (packs of same-shape points)
     wall_s: float  # from the call to the end, Ray and MLflow start-up included
     train_s: float  # sum over this run's trials of their time training (not tracking or checkpointing)
     concurrency: int
@@ -152,6 +155,28 @@ def _refuse_unless_fits(sweep: Sweep, nodes: list[dict[str, float]]) -> None:
                      "(no cluster is attached: set RAY_ADDRESS to run on one)")  # fmt: skip
 
 
+def local_budget(sweep: Sweep) -> int | None:
+    """The memory a trial's pack may use when the trials run on this machine; None on a cluster (each trial
+    checks its own node)."""
+    if os.environ.get("RAY_ADDRESS"):
+        return None
+    import torch
+
+    cuda = sweep.resources.gpu > 0 and torch.cuda.is_available()
+    return trial_budget(torch.device("cuda" if cuda else "cpu"), sweep.pack, sweep.resources)
+
+
+def check_pack_size(sweep: Sweep) -> None:
+    """Before anything starts: refuse a pack.size whose packs cannot fit this machine's trials."""
+    budget = local_budget(sweep)
+    if budget is not None and sweep.pack.size not in (None, 1):
+        cfgs = [p.config() for p in sweep.points]
+        try:
+            plan(cfgs, [1.0] * len(cfgs), sweep.pack, 1, budget)
+        except SweepError as e:
+            raise SweepError(f"{sweep.source}: {e}") from None
+
+
 def check_cluster_resources(sweep: Sweep, out: TextIO) -> int:
     """Once connected: on a cluster (RAY_ADDRESS), say when trials must wait for the autoscaler to add a node
     that fits; on a local Ray, refuse. Returns how many trials can run at once."""
@@ -194,6 +219,7 @@ def run_sweep(
     if "://" not in storage:
         storage = str(Path(storage).resolve())
     check_local_resources(sweep)
+    check_pack_size(sweep)
     tracker = SweepTracker(uri) if store_exists(uri) else None
     if resume and (tracker is None or tracker.parent_info(sweep.name) is None):
         raise SweepError(f"{sweep.source}: --resume: sweep {sweep.name!r} has never run in {uri}")
@@ -223,6 +249,8 @@ def run_sweep(
                 "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_id,
                 "sweep": sweep.name, "git_sha": sha, "fault": fault, "storage": storage,
                 "checkpoint_every_s": sweep.checkpoint_every_s, "cpu": sweep.resources.cpu,
+                "gpu": sweep.resources.gpu, "memory_fraction": sweep.pack.memory_fraction,
+                "planned_ms": int(time.time() * 1000),
             }  # fmt: skip
             report = _drive(sweep, tracker, ctx, concurrency, out)
         finally:
@@ -250,22 +278,25 @@ def _drive(
         state, run = point_state(children.get(p.point_id, []))
         if state != "done":
             run_id = run.run_id if run is not None and state != "failed" else None  # failed: a new run
-            jobs.append({"point": p, "run_id": run_id, "cost": cost(p.flat)})
+            jobs.append({"point": p, "run_id": run_id})
     total, done_before = len(sweep.points), len(sweep.points) - len(jobs)
     reattached = sum(1 for j in jobs if j["run_id"])
+    packs = [[jobs[i] for i in p] for p in pack_points(sweep, [j["point"] for j in jobs], concurrency)]
+    in_packs = f" in {len(packs)} trial{'s' * (len(packs) > 1)}" if len(packs) != len(jobs) else ""
     out.write(
-        f"[{sweep.name}] {total} points: {done_before} done before, {len(jobs)} to run"
+        f"[{sweep.name}] {total} points: {done_before} done before, {len(jobs)} to run{in_packs}"
         + (f" ({reattached} re-attached to their interrupted runs)" if reattached else "")
-        + f"; {concurrency} at a time, {sweep.resources.cpu:g} CPU {sweep.resources.gpu:g} GPU each\n"
+        + f"; {concurrency} trials at a time, {sweep.resources.cpu:g} CPU {sweep.resources.gpu:g} GPU each\n"
     )
     out.flush()
 
     train_s = 0.0
-    if jobs:
-        for result in _tune(sweep, jobs, ctx, concurrency, done_before, out):
+    if packs:
+        for result in _tune(sweep, packs, ctx, concurrency, done_before, out):
             train_s += float((result.metrics or {}).get("train_s", 0.0))
             if result.error is not None:  # retries exhausted: its process kept dying, or MLflow failed
-                _fail_point(tracker, ctx, jobs[result.config["i"]]["point"], result.error)
+                for job in packs[result.config["i"]]:
+                    _fail_point(tracker, ctx, job["point"], result.error)
 
     # ---- close up: nothing stays RUNNING, the parent says how it went, done points drop their checkpoints
     children = tracker.children(experiment_id, parent_id)
@@ -288,7 +319,8 @@ def _drive(
     return SweepReport(
         name=sweep.name, tracking_uri=ctx["tracking_uri"], experiment_id=experiment_id,
         parent_run_id=parent_id, total=total, done=counts["done"], failed=counts["failed"],
-        missing=counts["missing"], ran=len(jobs), wall_s=0.0, train_s=train_s, concurrency=concurrency,
+        missing=counts["missing"], ran=len(jobs), trials=len(packs), wall_s=0.0, train_s=train_s,
+        concurrency=concurrency,
     )  # fmt: skip
 
 
@@ -304,8 +336,14 @@ def _already_done(tracker: SweepTracker, sweep: Sweep) -> SweepReport | None:
     return SweepReport(
         name=sweep.name, tracking_uri=tracker.uri, experiment_id=experiment_id,
         parent_run_id=parent.info.run_id, total=len(sweep.points), done=len(sweep.points), failed=0,
-        missing=0, ran=0, wall_s=0.0, train_s=0.0, concurrency=0,
+        missing=0, ran=0, trials=0, wall_s=0.0, train_s=0.0, concurrency=0,
     )  # fmt: skip
+
+
+def pack_points(sweep: Sweep, points: list[Point], slots: int) -> list[list[int]]:
+    """Indices into points, grouped into the trials that will train them (packing.plan), costliest first."""
+    cfgs = [p.config() for p in points]
+    return plan(cfgs, [cost(p.flat) for p in points], sweep.pack, slots, local_budget(sweep))
 
 
 def cost(flat: dict[str, Any]) -> float:
@@ -334,33 +372,49 @@ def _fail_point(tracker: SweepTracker, ctx: dict[str, Any], point: Point, error:
         return
     with contextlib.suppress(Exception):  # MLflow itself may be what failed
         trial_run = TrialRun.attach(ctx["tracking_uri"], ctx, point, run.run_id if run else None)
+        if trial_run is None:  # ended by an attempt of its trial
+            return
         trial_run.start(point, {"rnnsgd.error": str(error).strip().splitlines()[-1][:500]})
         trial_run.finish("error", traceback=str(error))
 
 
-def _tune(sweep: Sweep, jobs: list[dict], ctx: dict, concurrency: int, done_before: int, out: TextIO):
-    """One Tuner, one trial per job, the costliest first; SIGTERM stops it as gracefully as Ctrl+C."""
+def pack_label(pack: list[dict[str, Any]]) -> str:
+    """A pack's name in progress lines: its one point's label, or what its points share and how many."""
+    if len(pack) == 1:
+        return pack[0]["point"].label()
+    coords = [j["point"].coords for j in pack]
+    shared = {k: v for k, v in coords[0].items() if all(c.get(k) == v for c in coords)}
+    what = " ".join(f"{k.rpartition('.')[2]}={format_value(v)}" for k, v in shared.items())
+    return f"{what} ({len(pack)} points)".strip()
+
+
+def _tune(sweep: Sweep, packs: list[list[dict]], ctx: dict, concurrency: int, done_before: int, out: TextIO):
+    """One Tuner, one trial per pack, the costliest first; SIGTERM stops it as gracefully as Ctrl+C."""
     from ray import tune
 
     from rnnsgd.sweep.progress import Progress
 
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-    labels = [j["point"].label() for j in jobs]
-    progress = Progress(sweep.name, len(sweep.points), done_before, labels, stream=out)
+    progress = Progress(sweep.name, len(sweep.points), done_before, [pack_label(p) for p in packs],
+                        [len(p) for p in packs], stream=out)  # fmt: skip
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, ctx=ctx, jobs=jobs),
+        tune.with_parameters(run_trial, ctx=ctx, packs=packs),
         {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu},
     )
-    order = sorted(range(len(jobs)), key=lambda i: -jobs[i]["cost"])
+
+    def name(trial) -> str:  # the first point's id, and how many more share the trial
+        pack = packs[trial.config["i"]]
+        return pack[0]["point"].point_id + (f"+{len(pack) - 1}" if len(pack) > 1 else "")
+
     tuner = tune.Tuner(
         trainable,
-        param_space={"i": tune.grid_search(order)},
+        param_space={"i": tune.grid_search(list(range(len(packs))))},  # plan() put the costliest first
         tune_config=tune.TuneConfig(
             reuse_actors=True,
             max_concurrent_trials=concurrency,
-            trial_name_creator=lambda t: jobs[t.config["i"]]["point"].point_id,
-            trial_dirname_creator=lambda t: f"{jobs[t.config['i']]['point'].point_id}_{t.trial_id}",
+            trial_name_creator=name,
+            trial_dirname_creator=lambda t: f"{name(t)}_{t.trial_id}",
         ),
         run_config=tune.RunConfig(
             name=time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}",

@@ -28,20 +28,18 @@ from typing import Any
 import yaml
 
 from rnnsgd.config import FLAT_KEYS, TrialConfig, coerce, format_value, schedule
+from rnnsgd.packed import MEMORY_FRACTION
 
 BLOCK_KEYS = ("base", "grid", "zip", "seeds")  # what a block (one sub-grid) holds
 SWEEP_KEYS = (
-    "name", "description", *BLOCK_KEYS, "blocks", "resources", "concurrency", "max_failures",
+    "name", "description", *BLOCK_KEYS, "blocks", "resources", "pack", "concurrency", "max_failures",
     "checkpoint_every_s", "tracking_uri", "storage",
 )  # fmt: skip
 FILE_KEYS = (*SWEEP_KEYS, "variants", "default_variant")
-MERGED = (
-    "base",
-    "grid",
-    "resources",
-)  # overrides update these key by key (null removes a key); others replace
+MERGED = ("base", "grid", "resources", "pack")  # overrides update these key by key (null removes a key)
 RANGE_KINDS = ("log2", "log10", "range")
 RESOURCE_KEYS = ("cpu", "gpu")
+PACK_KEYS = ("size", "memory_fraction")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 DEFAULT_MAX_FAILURES = 2
 
@@ -64,6 +62,14 @@ class SweepError(ValueError):
 class Resources:
     cpu: float = 1.0  # CPUs per trial (fractions allowed)
     gpu: float = 0.0  # GPUs per trial: a fraction is a scheduling share, not a memory limit
+
+
+@dataclass(frozen=True)
+class Pack:
+    """How many points of one shape (rnnsgd.packed.pack_key) one trial trains together."""
+
+    size: int | None = None  # at most this many; None ("auto"): as many as balance and memory allow
+    memory_fraction: float = MEMORY_FRACTION  # of the trial's share of its device's memory
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,7 @@ class Sweep:
     description: str
     blocks: tuple[Block, ...]
     resources: Resources
+    pack: Pack
     concurrency: int | None  # None: as many trials at once as the resources allow
     max_failures: int  # retries of a trial whose process died, each from its last checkpoint
     checkpoint_every_s: float  # 0: a checkpoint at every evaluation
@@ -219,9 +226,15 @@ def _yaml_value(text: Any) -> Any:
     if not isinstance(text, str):
         return text
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):  # YAML 1.1 reads 1e-9 (no dot) as a string; a user means the number
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _section(d: dict, name: str, source: str) -> dict:
@@ -289,6 +302,7 @@ def _build(d: dict, source: str, variant: str | None, origin: dict[str, str], co
     if not isinstance(description, str):
         raise err("description", "expected a string")
     resources = _resources(d.get("resources"), err)
+    pack = _pack(d.get("pack"), err)
     concurrency = d.get("concurrency")
     if concurrency is not None and (not _is_int(concurrency) or concurrency < 1):
         raise err("concurrency", f"expected a positive integer (most trials at once), got {concurrency!r}")
@@ -322,7 +336,7 @@ def _build(d: dict, source: str, variant: str | None, origin: dict[str, str], co
     definition["blocks"] = resolved
     return Sweep(
         name=name, source=source, variant=variant, description=description, blocks=tuple(blocks),
-        resources=resources, concurrency=concurrency, max_failures=int(max_failures),
+        resources=resources, pack=pack, concurrency=concurrency, max_failures=int(max_failures),
         checkpoint_every_s=float(every), tracking_uri=d.get("tracking_uri"), storage=d.get("storage"),
         points=points, definition=json.loads(json.dumps(definition, default=list)),
     )  # fmt: skip
@@ -469,20 +483,37 @@ def _seed_axes(seeds: Any, err) -> list[Axis]:
     return axes
 
 
-def _resources(spec: Any, err) -> Resources:
+def _settings(spec: Any, name: str, known: tuple[str, ...], example: str, err) -> dict[str, Any]:
+    """A small mapping of settings (resources, pack): None is {}, unknown keys are refused."""
     if spec is None:
-        return Resources()
+        return {}
     if not isinstance(spec, dict):
-        raise err("resources", f"expected a mapping like {{cpu: 1, gpu: 0.25}}, got {spec!r}")
+        raise err(name, f"expected a mapping like {example}, got {spec!r}")
     for key in spec:
-        if key not in RESOURCE_KEYS:
-            raise err(f"resources.{key}", f"unknown resource (known: {', '.join(RESOURCE_KEYS)})")
+        if key not in known:
+            raise err(f"{name}.{key}", f"unknown key (known: {', '.join(known)})")
+    return spec
+
+
+def _resources(spec: Any, err) -> Resources:
+    spec = _settings(spec, "resources", RESOURCE_KEYS, "{cpu: 1, gpu: 0.25}", err)
     cpu, gpu = spec.get("cpu", 1), spec.get("gpu", 0)
     if not _is_number(cpu) or cpu <= 0:
         raise err("resources.cpu", f"expected a number > 0 (CPUs per trial), got {cpu!r}")
     if not _is_number(gpu) or gpu < 0 or (gpu > 1 and not float(gpu).is_integer()):
         raise err("resources.gpu", f"expected a fraction in [0, 1] or a whole number of GPUs, got {gpu!r}")
     return Resources(cpu=float(cpu), gpu=float(gpu))
+
+
+def _pack(spec: Any, err) -> Pack:
+    spec = _settings(spec, "pack", PACK_KEYS, "{size: auto, memory_fraction: 0.5}", err)
+    size, fraction = spec.get("size", "auto"), spec.get("memory_fraction", MEMORY_FRACTION)
+    if size != "auto" and (not _is_int(size) or size < 1):
+        raise err("pack.size", f"expected auto or an integer >= 1 (1: one point per trial), got {size!r}")
+    if not _is_number(fraction) or not 0 < fraction <= 1:
+        raise err("pack.memory_fraction", f"expected a fraction in (0, 1] of the device's memory, got "
+                                          f"{fraction!r}")  # fmt: skip
+    return Pack(size=None if size == "auto" else size, memory_fraction=float(fraction))
 
 
 def _expand(blocks: list[Block], resources: Resources, err: Err) -> tuple[Point, ...]:

@@ -303,16 +303,22 @@ class TrialRun:
         self.last_flush = time.monotonic()
 
     @classmethod
-    def attach(cls, uri: str, ctx: dict[str, Any], point: Point, run_id: str | None) -> TrialRun:
-        """Re-attach to `run_id`, or to the point's unfinished run under the parent, or create its run."""
-        if run_id is not None:
-            return cls(uri, run_id, new=False)
+    def attach(cls, uri: str, ctx: dict[str, Any], point: Point, run_id: str | None) -> TrialRun | None:
+        """The point's one run: None when it has ended since this driver planned it (an earlier attempt of
+        its trial closed it: FINISHED, or FAILED after ctx["planned_ms"]); else `run_id` (the interrupted run
+        the driver names), or the point's unfinished run under the parent, or a new run."""
         client = _client(uri)
         runs = client.search_runs(
             [ctx["experiment_id"]],
             f"tags.`{PARENT_ID}` = '{ctx['parent_run_id']}' and tags.point_id = '{point.point_id}'",
             order_by=["attributes.start_time DESC"],
         )
+        ended = [r for r in runs if r.info.status == "FINISHED"
+                 or (r.info.status == "FAILED" and (r.info.end_time or 0) >= ctx["planned_ms"])]  # fmt: skip
+        if ended:
+            return None
+        if run_id is not None:
+            return cls(uri, run_id, new=False)
         live = [r for r in runs if r.info.status not in ("FINISHED", "FAILED")]
         if live:  # an earlier attempt of this trial opened it, then its process died
             return cls(uri, live[0].info.run_id, new=False)

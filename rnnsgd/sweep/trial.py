@@ -1,15 +1,20 @@
-"""The function one Ray Tune trial runs: one grid point, from its last checkpoint if it has one, into its run.
+"""The function one Ray Tune trial runs: a pack of same-shape grid points (rnnsgd.sweep.packing), each from
+its last checkpoint if it has one, each into its own run.
 
-    start:  attach to the point's one MLflow run (the interrupted run the driver names, or the run an earlier
-            attempt opened, else a new child of the sweep's parent); resume from the point's checkpoint in
-            storage when that checkpoint belongs to this run (a Tune retry after the trial's process died, or
-            a sweep re-run after an interrupted driver), else start at step 0
-    loop:   rnnsgd.train.train(cfg, on_eval, state); on_eval hands the evaluation's metrics to the run (sent
-            in batches, tracking.TrialRun), saves the checkpoint (trainer.state_dict() + the run id) and
-            reports the step to Tune; a resumed trial first sends what its checkpoint's history holds and
-            MLflow lacks
-    end:    FINISHED (completed / budget / diverged), FAILED with the traceback (an error in the learner: no
-            retry, it would fail again), KILLED (a Tune stop or Ctrl+C: SystemExit inside tune.report)
+    start:  attach every point to its one MLflow run (the interrupted run the driver names, or the run an
+            earlier attempt of this trial opened, else a new child of the sweep's parent); a point that an
+            earlier attempt already ended is skipped; resume each from its checkpoint in storage when that
+            checkpoint belongs to its run (a Tune retry after the trial's process died, or a sweep re-run
+            after an interrupted driver), else start at step 0
+    loop:   rnnsgd.packed.train_packed(cfgs, on_eval, states), in runs that fit the trial's memory budget
+            (packing.split_to_fit); on_eval hands a point's metrics to its run (sent in batches,
+            tracking.TrialRun), saves its checkpoint (trainer.state_dict() + the run id), closes its run at
+            its last evaluation and reports to Tune; a resumed point first sends what its checkpoint's
+            history holds and MLflow lacks
+    end:    per point: FINISHED (completed / budget / diverged), FAILED with the traceback (an error in the
+            learner: the point leaves the pack, no retry, it would fail again), KILLED (a Tune stop or
+            Ctrl+C: SystemExit inside tune.report). An MLflow failure retries the whole trial: its ended
+            points are skipped, the others resume from their checkpoints.
 
 Checkpoints live by point id in the sweep's storage rather than in Tune's trial folders: a retry, a resumed
 sweep and a grown grid all find them the same way, and Tune never snapshots its experiment per checkpoint.
@@ -113,83 +118,141 @@ def _device(cfg, gpus: list) -> str:
     return "cuda" if gpus and torch.cuda.is_available() else "cpu"
 
 
-def run_trial(config: dict[str, Any], ctx: dict[str, Any], jobs: list[dict[str, Any]]) -> None:
-    """Tune function trainable: config = {"i": index into jobs}; ctx = the sweep's shared settings."""
+@dataclass(eq=False)
+class Member:
+    """One point of the trial's pack: its config, run, resumed state and faults."""
+
+    point: Point
+    cfg: Any  # TrialConfig, train.device resolved
+    run: TrialRun
+    state: dict[str, Any] | None  # the checkpoint's trainer state, None for a fresh start
+    meta: dict[str, Any]  # the checkpoint's meta ({} for a fresh start)
+    faults: list[Fault]
+    ended: bool = False  # its run is closed
+    tracking_error: TrackingError | None = None
+
+
+def run_trial(config: dict[str, Any], ctx: dict[str, Any], packs: list[list[dict[str, Any]]]) -> None:
+    """Tune function trainable: config = {"i": index into packs}; ctx = the sweep's shared settings; each
+    pack a list of jobs {"point": Point, "run_id": the run to re-attach to, or None}."""
     import ray
     from ray import tune
 
-    from rnnsgd.train import train
+    from rnnsgd.packed import pack_bytes, train_packed
+    from rnnsgd.sweep.packing import split_to_fit, trial_budget
+    from rnnsgd.sweep.spec import Pack, Resources
 
-    job = jobs[config["i"]]  # {"point": Point, "run_id": the run to re-attach to, or None}
-    point: Point = job["point"]
-    cfg = point.config()
-    device = _device(cfg, ray.get_gpu_ids())
-    cfg = cfg.replace(**{"train.device": device})
+    jobs = packs[config["i"]]
+    device = _device(jobs[0]["point"].config(), ray.get_gpu_ids())
     torch.set_num_threads(max(1, int(ctx["cpu"])))  # its CPU share: more threads only spin on a busy node
-    faults = [f for f in parse_faults(ctx.get("fault")) if f.matches(point.point_id)]
-
-    try:  # the point's one run: the interrupted run the driver named, or the one an earlier attempt opened
-        run = TrialRun.attach(ctx["tracking_uri"], ctx, point, job.get("run_id"))
-    except Exception as e:
-        raise TrackingError(f"MLflow at {ctx['tracking_uri']}: {type(e).__name__}: {e}") from e
     store = PointStore(ctx["storage"], ctx["sweep"])
-    saved = store.load(point.point_id)
-    if saved is not None and saved["meta"].get("run_id") != run.run_id:
-        saved = None  # left by an earlier run of the point, which failed: start afresh
-    state, meta = (saved["state"], saved["meta"]) if saved else (None, {})
-    tags = {"device": device, "rnnsgd.host": socket.gethostname(),
-            "rnnsgd.trial_id": tune.get_context().get_trial_id(),
-            "rnnsgd.resumed_from_step": str(meta.get("step", 0))}  # fmt: skip
-    try:
-        run.start(point, tags)
-        if state is not None:
-            run.relog(state["history"])  # what the killed attempt had not sent
-    except Exception as e:
-        raise TrackingError(f"MLflow at {ctx['tracking_uri']}: {type(e).__name__}: {e}") from e
+    trial_id = tune.get_context().get_trial_id()
+    counts = {"points_done": 0, "points_failed": 0}  # in this trial, earlier attempts included
+
+    def track(what: str, fn, *args):
+        try:
+            return fn(*args)
+        except Exception as e:
+            raise TrackingError(f"MLflow at {ctx['tracking_uri']}: {what}: {type(e).__name__}: {e}") from e
+
+    members: list[Member] = []
+    for job in jobs:  # each point's one run: the driver's interrupted run, or one an earlier attempt opened
+        point: Point = job["point"]
+        run = track("attach", TrialRun.attach, ctx["tracking_uri"], ctx, point, job.get("run_id"))
+        if run is None:  # an earlier attempt of this trial ended it
+            counts["points_done"] += 1
+            continue
+        saved = store.load(point.point_id)
+        if saved is not None and saved["meta"].get("run_id") != run.run_id:
+            saved = None  # left by an earlier run of the point, which failed: start afresh
+        state, meta = (saved["state"], saved["meta"]) if saved else (None, {})
+        faults = [f for f in parse_faults(ctx.get("fault")) if f.matches(point.point_id)]
+        cfg = point.config().replace(**{"train.device": device})
+        members.append(Member(point, cfg, run, state, meta, faults))
+    tags = {"device": device, "rnnsgd.host": socket.gethostname(), "rnnsgd.trial_id": trial_id,
+            "rnnsgd.pack_size": str(len(jobs))}  # fmt: skip
+    for mb in members:
+        resumed = {"rnnsgd.resumed_from_step": str(mb.meta.get("step", 0))}
+        track("start", mb.run.start, mb.point, {**tags, **resumed})
+        if mb.state is not None:
+            track("relog", mb.run.relog, mb.state["history"])  # what the killed attempt had not sent
 
     every_s = ctx["checkpoint_every_s"]
-    clock = {"service_s": 0.0, "last_ckpt": -float("inf")}
+    clock = {"service_s": 0.0}
+    last_ckpt = {id(mb): -float("inf") for mb in members}
     t_start = time.perf_counter()
 
-    def train_s() -> float:
-        """Training time over all attempts: this one's, less on_eval's MLflow, checkpoints and Tune."""
-        return meta.get("train_s", 0.0) + (time.perf_counter() - t_start) - clock["service_s"]
+    def train_s(mb: Member) -> float:
+        """Its pack's training time while it was in it, over all attempts: this attempt's time, less the
+        MLflow requests, checkpoints and Tune reports of every point of the pack."""
+        return mb.meta.get("train_s", 0.0) + (time.perf_counter() - t_start) - clock["service_s"]
 
-    def on_eval(metrics: dict[str, float], trainer) -> None:
+    def on_eval(mb: Member, metrics: dict[str, float], trainer) -> None:
         t0 = time.perf_counter()
         step = int(metrics["step"])
         try:
-            run.log(metrics, step)
-        except Exception as e:
-            raise TrackingError(f"MLflow log_batch at step {step}: {type(e).__name__}: {e}") from e
-        if every_s == 0 or t0 - clock["last_ckpt"] >= every_s or trainer.outcome is not None:
-            clock["last_ckpt"] = t0
-            ckpt_meta = {"run_id": run.run_id, "step": step, "train_s": train_s()}
-            store.save(point.point_id, ckpt_meta, trainer.state_dict())
-        tune.report({"step": step})  # where a Tune stop (Ctrl+C, a scheduler) reaches the trial
+            mb.run.log(metrics, step)
+            if every_s == 0 or t0 - last_ckpt[id(mb)] >= every_s or trainer.outcome is not None:
+                last_ckpt[id(mb)] = t0
+                meta = {"run_id": mb.run.run_id, "step": step, "train_s": train_s(mb)}
+                store.save(mb.point.point_id, meta, trainer.state_dict())
+            if trainer.outcome is not None:
+                mb.run.finish(trainer.outcome, tags={"rnnsgd.train_s": f"{train_s(mb):.3f}"})
+                mb.ended = True
+                counts["points_done"] += 1
+        except Exception as e:  # infrastructure: this point leaves the pack, and the trial is retried
+            mb.tracking_error = TrackingError(f"MLflow at step {step}: {type(e).__name__}: {e}")
+            raise mb.tracking_error from e
+        tune.report({"step": step, **counts})  # where a Tune stop (Ctrl+C, a scheduler) reaches the trial
         clock["service_s"] += time.perf_counter() - t0
-        for fault in faults:
+        for fault in mb.faults:
             if step >= fault.step and fault.kind == "raise":
                 raise RuntimeError(f"injected fault (RNNSGD_FAULT raise@{fault.prefix}:{fault.step})")
-            if step >= fault.step and fault.kind == "kill" and state is None:  # not again on the retry
+            if step >= fault.step and fault.kind == "kill" and mb.state is None:  # not again on the retry
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    ended = False
+    budget = trial_budget(torch.device(device), Pack(None, ctx["memory_fraction"]),
+                          Resources(ctx["cpu"], ctx["gpu"]))  # fmt: skip
     try:
-        result = train(cfg, on_eval, state)
-        run.finish(result.status, tags={"rnnsgd.train_s": f"{train_s():.3f}"})
-        ended = True
-        tune.report({"step": int(result.metrics["step"]), "outcome": result.status, "train_s": train_s()})
+        for part in split_to_fit([mb.cfg for mb in members], budget):
+            group = [members[k] for k in part]
+            results = train_packed(
+                [mb.cfg for mb in group],
+                lambda k, metrics, trainer, group=group: on_eval(group[k], metrics, trainer),
+                [mb.state for mb in group],
+                budget_bytes=max(budget, pack_bytes([mb.cfg for mb in group])),  # a point alone may exceed it
+                isolate_errors=True,
+            )
+            for mb, result in zip(group, results, strict=True):
+                if mb.ended or mb.tracking_error is not None:
+                    continue
+                if result.status == "error":  # the learner raised: FAILED, and no retry (it would again)
+                    last = result.error.strip().splitlines()[-1][:500]
+                    _quietly(mb.run.finish, "error", {"rnnsgd.error": last}, result.error)
+                    counts["points_failed"] += 1
+                else:  # resumed from a checkpoint taken at its end: only its run was left to close
+                    track("finish", mb.run.finish, result.status, {"rnnsgd.train_s": f"{train_s(mb):.3f}"})
+                    counts["points_done"] += 1
+                mb.ended = True
+        failed = [mb.tracking_error for mb in members if mb.tracking_error is not None]
+        if failed:
+            raise failed[0]  # Tune retries the trial from its points' checkpoints (FailureConfig)
+        total_s = (time.perf_counter() - t_start) - clock["service_s"]
+        tune.report({"step": -1, "outcome": "done", "train_s": total_s, **counts})
     except TrackingError:
-        raise  # Tune retries the trial from its checkpoint (FailureConfig)
-    except (SystemExit, KeyboardInterrupt):  # a Tune stop (a scheduler, Ctrl+C on the driver)
-        if not ended:
-            _quietly(run.finish, "killed", {"rnnsgd.killed_reason": "stopped by Ray Tune"})
         raise
-    except Exception:  # the learner raised: FAILED, and no retry (it would fail again)
+    except (SystemExit, KeyboardInterrupt):  # a Tune stop (a scheduler, Ctrl+C on the driver)
+        for mb in members:
+            if not mb.ended:
+                _quietly(mb.run.finish, "killed", {"rnnsgd.killed_reason": "stopped by Ray Tune"})
+        raise
+    except Exception:  # the pack's own stepping raised: every point still in it FAILED, and no retry
         tb = traceback.format_exc()
-        _quietly(run.finish, "error", {"rnnsgd.error": tb.strip().splitlines()[-1][:500]}, tb)
-        tune.report({"step": -1, "outcome": "error", "train_s": train_s()})
+        for mb in members:
+            if not mb.ended:
+                _quietly(mb.run.finish, "error", {"rnnsgd.error": tb.strip().splitlines()[-1][:500]}, tb)
+                counts["points_failed"] += 1
+        tune.report({"step": -1, "outcome": "done", "train_s": time.perf_counter() - t_start, **counts})
 
 
 def _quietly(fn, *args) -> None:

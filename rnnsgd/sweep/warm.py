@@ -1,3 +1,0 @@
-def warm_up():
-    import torch, mlflow, ray.tune, rnnsgd.train  # noqa
-    from mlflow import MlflowClient  # noqa
