@@ -21,6 +21,7 @@ LOSSES = ("l2", "l1", "huber", "xent", "mse")
 SCHEDULES = ("practical", "theory")
 ACTIVATIONS = ("relu", "linear")
 DEVICES = ("auto", "cpu", "cuda")
+MEMORY_FRACTION = 0.5  # default share of the device's memory that one pack of models may use (rnnsgd.packed)
 
 
 @dataclass(frozen=True)

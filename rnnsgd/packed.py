@@ -37,10 +37,9 @@ from typing import Any
 
 import torch
 
-from rnnsgd.config import TrialConfig, schedule
+from rnnsgd.config import MEMORY_FRACTION, TrialConfig, schedule
 from rnnsgd.train import RunResult, Sample, Trainer, block_steps, eval_steps, resolve_device, sgd_steps
 
-MEMORY_FRACTION = 0.5  # default share of the device's memory that one pack may use
 PACK_FIELDS = (
     "model.m",
     "model.activation",
@@ -86,9 +85,10 @@ def _model_bytes(cfg: TrialConfig) -> int:
     return weights + data + stream + n_int * 4 + teacher + bookkeeping  # n_int * 4: each step's objective
 
 
-def _shared_bytes(cfgs: Sequence[TrialConfig]) -> int:
-    """Step buffers for the whole pack plus the largest single-model evaluation (models evaluate in turn)."""
-    cfg, K = cfgs[0], len(cfgs)
+def _shared_bytes(cfgs: Sequence[TrialConfig], K: int) -> int:
+    """Step buffers for a pack of K models like cfgs plus the largest single-model evaluation (models
+    evaluate in turn)."""
+    cfg = cfgs[0]
     m, L, d_x, d, b = cfg.model.m, cfg.data.L, cfg.data.d_x, cfg.data.d, cfg.train.batch
     per_step = K * b * L * m * 4  # one (L, K, b, m) float32 buffer
     C = block_steps(K, cfg)
@@ -110,7 +110,10 @@ def _shared_bytes(cfgs: Sequence[TrialConfig]) -> int:
 
 def pack_bytes(cfgs: Sequence[TrialConfig]) -> int:
     """Estimated peak device memory of training `cfgs` as one pack, with a margin (x 1.25 + 64 MiB)."""
-    total = sum(_model_bytes(c) for c in cfgs) + _shared_bytes(cfgs)
+    return _with_margin(sum(_model_bytes(c) for c in cfgs) + _shared_bytes(cfgs, len(cfgs)))
+
+
+def _with_margin(total: int) -> int:
     return int(1.25 * total) + 64 * 2**20
 
 
@@ -118,21 +121,19 @@ def estimate_bytes(cfg: TrialConfig, K: int) -> int:
     """Estimated peak device memory of a pack of K models like `cfg` (`pack_bytes` of K copies)."""
     if K < 1:
         raise ValueError(f"K: a pack holds at least one model, got {K}")
-    return pack_bytes([cfg] * K)
+    return _with_margin(K * _model_bytes(cfg) + _shared_bytes([cfg], K))
 
 
-def max_pack(cfg: TrialConfig, budget_bytes: int) -> int:
-    """The largest K with estimate_bytes(cfg, K) <= budget_bytes (0: not even one model fits)."""
+def max_pack(cfg: TrialConfig, budget_bytes: int, limit: int = 2**20) -> int:
+    """The largest K <= limit with estimate_bytes(cfg, K) <= budget_bytes (0: not even one model fits)."""
     if budget_bytes <= 0:
         raise ValueError(f"budget_bytes: must be > 0, got {budget_bytes}")
     if estimate_bytes(cfg, 1) > budget_bytes:
         return 0
-    lo, hi = 1, 2
-    while estimate_bytes(cfg, hi) <= budget_bytes:
-        lo, hi = hi, 2 * hi
-        if hi > 2**20:
-            return lo
-    while hi - lo > 1:  # estimate_bytes grows with K: bisect
+    if estimate_bytes(cfg, limit) <= budget_bytes:
+        return limit
+    lo, hi = 1, limit  # lo fits, hi does not; estimate_bytes grows with K: bisect
+    while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if estimate_bytes(cfg, mid) <= budget_bytes else (lo, mid)
     return lo

@@ -58,7 +58,7 @@ def plan(
         k_max = pack.size or AUTO_MAX
         if budget is not None and k_max > 1:
             largest = max((cfgs[i] for i in members), key=lambda c: pack_bytes([c]))
-            fit = max_pack(largest, budget)
+            fit = max_pack(largest, budget, limit=k_max)
             if pack.size is not None and fit < min(pack.size, len(members)):
                 raise SweepError(_too_big(largest, min(pack.size, len(members)), fit, budget))
             k_max = max(1, min(k_max, fit))

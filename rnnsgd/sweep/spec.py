@@ -27,8 +27,7 @@ from typing import Any
 
 import yaml
 
-from rnnsgd.config import FLAT_KEYS, TrialConfig, coerce, format_value, schedule
-from rnnsgd.packed import MEMORY_FRACTION
+from rnnsgd.config import FLAT_KEYS, MEMORY_FRACTION, TrialConfig, coerce, format_value, schedule
 
 BLOCK_KEYS = ("base", "grid", "zip", "seeds")  # what a block (one sub-grid) holds
 SWEEP_KEYS = (
