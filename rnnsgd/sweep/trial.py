@@ -139,6 +139,7 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any], jobs: list[dict[str, 
     state, meta = (saved["state"], saved["meta"]) if saved else (None, {})
     tags = {"device": device, "rnnsgd.host": socket.gethostname(),
             "rnnsgd.trial_id": tune.get_context().get_trial_id(),
+            "rnnsgd.node_id": ray.get_runtime_context().get_node_id(),  # a host may run several nodes
             "rnnsgd.resumed_from_step": str(meta.get("step", 0))}  # fmt: skip
     try:
         run.start(point, tags)
