@@ -170,6 +170,7 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any], packs: list[list[dict
         cfg = point.config().replace(**{"train.device": device})
         members.append(Member(point, cfg, run, state, meta, faults))
     tags = {"device": device, "rnnsgd.host": socket.gethostname(), "rnnsgd.trial_id": trial_id,
+            "rnnsgd.node_id": ray.get_runtime_context().get_node_id(),  # a host may run several nodes
             "rnnsgd.pack_size": str(len(jobs))}  # fmt: skip
     for mb in members:
         resumed = {"rnnsgd.resumed_from_step": str(mb.meta.get("step", 0))}
