@@ -212,7 +212,8 @@ def test_nothing_listens_beyond_loopback_but_rays_own_ports_and_the_token_is_req
 def test_worker_stopped_mid_sweep_its_trials_finish_on_the_head(cluster):
     """`ray stop` on the worker while it runs trials: they are retried on the head from their checkpoints,
     into the same runs; the sweep completes with one FINISHED run per point, nothing lost or duplicated."""
-    sets = ("seeds=1", "name=cluster-kill", "data.L=[12]", "train.T=200000")  # 4 long points, ~30 s each
+    # 4 long points (no plateau before their budget), two packs of two: ~30 s each
+    sets = ("seeds=1", "name=cluster-kill", "data.L=[12]", "train.T=200000", "train.min_steps=200000")
     uri, c = cluster.mlflow, client(cluster.mlflow)
     t0 = time.monotonic()
     cluster.submit("kill", SMOKE, *[f"--set={s}" for s in sets])
