@@ -202,3 +202,21 @@ def test_a_killed_pack_resumes_its_unfinished_points_and_never_reruns_the_ended_
     for run in runs.values():  # every point's history once, whatever the retry re-sent
         history = steps(uri, run.info.run_id)
         assert len(history) == len(set(history))
+
+
+@slow
+def test_on_a_cluster_a_pack_over_its_nodes_budget_trains_in_parts(ray_local, store, tmp_path, monkeypatch):
+    """With RAY_ADDRESS the driver cannot see the trials' devices and packs by pack.size alone; the trial
+    checks its node's memory and trains the pack in parts that fit (here, a point at a time)."""
+    monkeypatch.setenv("RAY_ADDRESS", ray_local)
+    pack = {"size": 3, "memory_fraction": 1e-9}  # over any budget: every part is one point
+    sweep = load_sweep(
+        write_sweep(tmp_path, "parts", grid={"data.N": [16, 32, 64]}, concurrency=1, pack=pack)
+    )
+    report = run_sweep(sweep, out=io.StringIO(), **store)
+    assert (report.trials, report.done, report.exit_code) == (1, 3, 0)
+    uri = store["tracking_uri"]
+    runs = assert_one_finished_per_point(uri, "parts", [p.point_id for p in sweep.points])
+    assert len({r.data.tags["rnnsgd.trial_id"] for r in runs.values()}) == 1
+    for run in runs.values():  # one trial of three points, each trained as a pack of one
+        assert run.data.tags["rnnsgd.pack_size"] == "3" and run.data.metrics["perf/pack_size"] == 1.0
