@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_once(file: str, variant: str | None, sets: list[str], quiet: bool = False) -> tuple[dict, list]:
     """`rnnsgd sweep` in a fresh folder and store; (the numbers, the child runs)."""
+    from rnnsgd.sweep.runner import local_nodes, trial_slots
     from rnnsgd.sweep.spec import load_sweep
 
     sweep = load_sweep(file, variant, dict(s.split("=", 1) for s in sets))
@@ -62,8 +63,7 @@ def run_once(file: str, variant: str | None, sets: list[str], quiet: bool = Fals
             for t, rs in trials.items()}  # fmt: skip
     train_s = sum(train.values())
     service = sum(span[t] - train[t] for t in trials)
-    cpus = os.cpu_count() or 1
-    concurrency = min(sweep.concurrency or cpus, int(cpus // sweep.resources.cpu))
+    concurrency = trial_slots(sweep, local_nodes())
     wall = t1 - t0
     ideal = train_s / concurrency
     first_start = min(r.info.start_time for r in runs) / 1000

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
 import sys
 from collections import Counter
@@ -102,9 +101,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 print(f"  {f'block {i}: ' if len(sweep.blocks) > 1 else ''}{axes}")
             for p in sweep.points:
                 print(f"  {p.point_id}  {p.label()}")
-            from rnnsgd.sweep.runner import pack_points
+            from rnnsgd.sweep.runner import local_nodes, pack_points, trial_slots
 
-            slots = sweep.concurrency or max(1, int((os.cpu_count() or 1) // sweep.resources.cpu))
+            slots = trial_slots(sweep, local_nodes())
             sizes = Counter(len(p) for p in pack_points(sweep, list(sweep.points), slots))
             shape = ", ".join(f"{n} x {k}" for k, n in sorted(sizes.items(), reverse=True))
             print(f"{sum(sizes.values())} trials: {shape} points (pack.size {sweep.pack.size or 'auto'}, "

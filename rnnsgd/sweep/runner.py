@@ -137,10 +137,21 @@ def check_local_resources(sweep: Sweep) -> None:
 
     if os.environ.get("RAY_ADDRESS") or ray.is_initialized():
         return  # checked against the cluster's nodes once connected
+    _refuse_unless_fits(sweep, local_nodes())
+
+
+def local_nodes() -> list[dict[str, float]]:
+    """This machine as one node, in the form of Ray's node resources."""
     import torch
 
-    cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
-    _refuse_unless_fits(sweep, [{"CPU": cpus, "GPU": gpus}])
+    return [{"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}]
+
+
+def trial_slots(sweep: Sweep, nodes: list[dict[str, float]]) -> int:
+    """How many of the sweep's trials the nodes run at once (at most its concurrency; at least 1)."""
+    cpu, gpu = sweep.resources.cpu, sweep.resources.gpu
+    slots = sum(min(n.get("CPU", 0) // cpu, n.get("GPU", 0) // gpu if gpu else float("inf")) for n in nodes)
+    return int(min(slots, sweep.concurrency or slots)) or 1
 
 
 def _refuse_unless_fits(sweep: Sweep, nodes: list[dict[str, float]]) -> None:
@@ -191,8 +202,7 @@ def check_cluster_resources(sweep: Sweep, out: TextIO) -> int:
         out.write(f"[{sweep.name}] no node of the cluster has {cpu:g} CPU and {gpu:g} GPU for a trial yet: "
                   "the trials wait until the autoscaler adds one (Ctrl+C to stop)\n")  # fmt: skip
         return sweep.concurrency or 1
-    slots = sum(min(n.get("CPU", 0) // cpu, n.get("GPU", 0) // gpu if gpu else float("inf")) for n in fits)
-    return int(min(slots, sweep.concurrency or slots)) or 1
+    return trial_slots(sweep, fits)
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -343,13 +353,12 @@ def _already_done(tracker: SweepTracker, sweep: Sweep) -> SweepReport | None:
 def pack_points(sweep: Sweep, points: list[Point], slots: int) -> list[list[int]]:
     """Indices into points, grouped into the trials that will train them (packing.plan), costliest first."""
     cfgs = [p.config() for p in points]
-    return plan(cfgs, [cost(p.flat) for p in points], sweep.pack, slots, local_budget(sweep))
+    return plan(cfgs, [cost(c) for c in cfgs], sweep.pack, slots, local_budget(sweep))
 
 
-def cost(flat: dict[str, Any]) -> float:
+def cost(cfg: TrialConfig) -> float:
     """A rough relative cost of a point, steps x L x (m^2 + a per-step constant): the longest points start
     first, so that fewer cores sit idle while the last ones finish."""
-    cfg = TrialConfig.from_flat(flat)
     return schedule(cfg).T * cfg.data.L * (cfg.model.m**2 + 128**2) * cfg.train.batch
 
 

@@ -129,6 +129,7 @@ class Member:
     meta: dict[str, Any]  # the checkpoint's meta ({} for a fresh start)
     faults: list[Fault]
     ended: bool = False  # its run is closed
+    last_ckpt: float = -float("inf")  # perf_counter() of its last checkpoint
     tracking_error: TrackingError | None = None
 
 
@@ -180,7 +181,6 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any], packs: list[list[dict
 
     every_s = ctx["checkpoint_every_s"]
     clock = {"service_s": 0.0}
-    last_ckpt = {id(mb): -float("inf") for mb in members}
     t_start = time.perf_counter()
 
     def train_s(mb: Member) -> float:
@@ -193,8 +193,8 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any], packs: list[list[dict
         step = int(metrics["step"])
         try:
             mb.run.log(metrics, step)
-            if every_s == 0 or t0 - last_ckpt[id(mb)] >= every_s or trainer.outcome is not None:
-                last_ckpt[id(mb)] = t0
+            if every_s == 0 or t0 - mb.last_ckpt >= every_s or trainer.outcome is not None:
+                mb.last_ckpt = t0
                 meta = {"run_id": mb.run.run_id, "step": step, "train_s": train_s(mb)}
                 store.save(mb.point.point_id, meta, trainer.state_dict())
             if trainer.outcome is not None:
