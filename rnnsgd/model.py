@@ -134,8 +134,8 @@ class RNN:
         `W_total` = W + W', if the caller holds it already (it saves an m x m sum per call). Both are computed
         position-major (`recurrence`), so that every h_l is one contiguous block that the recurrence writes in
         place; they are returned as transposed views (`backward` undoes that for free).
-        The in-place recurrence supports forward-mode AD (torch.func.jvp, used by the diagnostics) but not
-        reverse-mode autograd: gradients come from `backward`.
+        The in-place recurrence supports no autograd: gradients come from `backward`, and the diagnostics'
+        JVP is written out (rnnsgd.diagnostics).
         """
         u = self.project(x.movedim(-2, 0)).contiguous()  # (L, [K,] n, m): A x_l, one product for all l
         h = self.recurrence(u, self._total(W_shift, W_total))
@@ -155,11 +155,10 @@ class RNN:
             return u
         h = torch.empty_like(u)
         hs = h.unbind(0)
-        relu = _relu_into if W_T.dim() == 3 else _copy_relu  # one op instead of two, but no forward-mode AD
-        relu(hs[0], us[0])  # h_0 = 0, so u_1 = A x_1
+        torch.clamp_min(us[0], 0, out=hs[0])  # h_0 = 0, so u_1 = A x_1
         for l in range(1, len(us)):
             acc(us[l], hs[l - 1], W_T)
-            relu(hs[l], us[l])
+            torch.clamp_min(us[l], 0, out=hs[l])
         return h
 
     def hidden(self, x: torch.Tensor, W_shift: torch.Tensor | None = None) -> torch.Tensor:
@@ -251,14 +250,6 @@ class RNN:
                 out[start:k].baddbmm_(delta[start:k].mT, h_prev[start:k], alpha=alphas[start])
                 start = k
         return out
-
-
-def _copy_relu(h: torch.Tensor, u: torch.Tensor) -> None:
-    h.copy_(u).relu_()
-
-
-def _relu_into(h: torch.Tensor, u: torch.Tensor) -> None:
-    torch.clamp_min(u, 0, out=h)
 
 
 def _addmm_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:

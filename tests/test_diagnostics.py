@@ -41,6 +41,28 @@ def test_linearization_error_vanishes_linearly(setup):
     assert max(ratios) / min(ratios) < 1.1, ratios
 
 
+@pytest.mark.parametrize("activation", ["relu", "linear"])
+def test_linearization_error_matches_autograd_jvp(setup, activation):
+    """The written-out tangent recurrence against torch.func.jvp of a plain autograd forward, in float64."""
+    _, x, D = setup
+    net = RNN(M, 4, 2, torch.Generator().manual_seed(0), activation=activation)
+    W, A, B, x64 = net.W.double(), net.A.double(), net.B.double(), x.double()
+    sigma = torch.relu if activation == "relu" else (lambda u: u)
+
+    def forward(S):
+        h, outs = torch.zeros(x.shape[0], M, dtype=torch.float64), []
+        for l in range(x.shape[1]):
+            h = sigma(x64[:, l] @ A.T + h @ (W + S).T)
+            outs.append(h @ B.T)
+        return torch.stack(outs, dim=1)
+
+    for t in (1e-3, 0.3):
+        S = (t * D).double()
+        F0, lin = torch.func.jvp(forward, (torch.zeros_like(S),), (S,))
+        want = ((forward(S) - F0 - lin).norm() / lin.norm()).item()
+        assert diagnostics.linearization_error(net, t * D, x) == pytest.approx(want, rel=1e-9)
+
+
 def test_weight_metrics(setup):
     net, _, D = setup
     S = 0.05 * D
