@@ -9,8 +9,8 @@ its last checkpoint if it has one, each into its own run.
     loop:   rnnsgd.packed.train_packed(cfgs, on_eval, states), in runs that fit the trial's memory budget
             (packing.split_to_fit); on_eval hands a point's metrics to its run (sent in batches,
             tracking.TrialRun), saves its checkpoint (trainer.state_dict() + the run id), closes its run at
-            its last evaluation and reports to Tune; a resumed point first sends what its checkpoint's
-            history holds and MLflow lacks
+            its last evaluation and reports to Tune (at most every REPORT_S); a resumed point first sends
+            what its checkpoint's history holds and MLflow lacks
     end:    per point: FINISHED (completed / budget / diverged), FAILED with the traceback (an error in the
             learner: the point leaves the pack, no retry, it would fail again), KILLED (a Tune stop or
             Ctrl+C: SystemExit inside tune.report). An MLflow failure retries the whole trial: its ended
@@ -22,7 +22,7 @@ sweep and a grown grid all find them the same way, and Tune never snapshots its 
 Fault injection, a testing aid (tests/test_sweep_run.py): the driver forwards RNNSGD_FAULT to its trials.
     RNNSGD_FAULT="raise@<point_id prefix>:<step>,kill@<point_id prefix>:<step>"
 `raise` raises at the first evaluation at or after <step>; `kill` SIGKILLs the trial's own process there
-(after that evaluation's checkpoint and report), on a fresh start only, so that the retry from the checkpoint
+(after that evaluation's checkpoint), on a fresh start only, so that the retry from the checkpoint
 gets through. A prefix of `*` matches every point.
 """
 
@@ -44,6 +44,9 @@ from rnnsgd.sweep.spec import Point
 from rnnsgd.sweep.tracking import TrialRun
 
 CHECKPOINT = "checkpoint.pt"  # torch.save({"meta": {run_id, step, train_s}, "state": trainer.state_dict()})
+# Reports to Tune at most this often, and at every point's end: a report costs a few ms of the trial's core
+# and of the driver's, and a pack of 16 evaluates hundreds of times a minute. A Tune stop waits for the next.
+REPORT_S = 1.0
 
 
 class TrackingError(RuntimeError):
@@ -180,7 +183,7 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any], packs: list[list[dict
             track("relog", mb.run.relog, mb.state["history"])  # what the killed attempt had not sent
 
     every_s = ctx["checkpoint_every_s"]
-    clock = {"service_s": 0.0}
+    clock = {"service_s": 0.0, "reported": -float("inf")}
     t_start = time.perf_counter()
 
     def train_s(mb: Member) -> float:
@@ -204,7 +207,9 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any], packs: list[list[dict
         except Exception as e:  # infrastructure: this point leaves the pack, and the trial is retried
             mb.tracking_error = TrackingError(f"MLflow at step {step}: {type(e).__name__}: {e}")
             raise mb.tracking_error from e
-        tune.report({"step": step, **counts})  # where a Tune stop (Ctrl+C, a scheduler) reaches the trial
+        if trainer.outcome is not None or t0 - clock["reported"] >= REPORT_S:
+            clock["reported"] = t0
+            tune.report({"step": step, **counts})  # where a Tune stop (Ctrl+C, a scheduler) reaches the trial
         clock["service_s"] += time.perf_counter() - t0
         for fault in mb.faults:
             if step >= fault.step and fault.kind == "raise":
