@@ -38,7 +38,16 @@ from typing import Any
 import torch
 
 from rnnsgd.config import MEMORY_FRACTION, TrialConfig, schedule
-from rnnsgd.train import RunResult, Sample, Trainer, block_steps, eval_steps, resolve_device, sgd_steps
+from rnnsgd.train import (
+    RunResult,
+    Sample,
+    Trainer,
+    block_steps,
+    eval_chunk,
+    eval_steps,
+    resolve_device,
+    sgd_steps,
+)
 
 PACK_FIELDS = (
     "model.m",
@@ -96,7 +105,7 @@ def _shared_bytes(cfgs: Sequence[TrialConfig], K: int) -> int:
     step = 8 * per_step + 2 * K * L * m * d * 4  # h, g, mask, delta, h_prev, z, temporaries
     rows = CHUNK_STEPS * K * b * 8 * 2
     evaluation = max(
-        3 * min(4096, max(c.data.n_test, c.data.N)) * c.data.L * m * 4  # u, h, F of an objective chunk
+        3 * min(eval_chunk(c), c.data.n_test) * c.data.L * m * 4  # u, h, F of an objective chunk
         + 12 * m * m * 8  # float64 W + W', eigvals / SVD workspaces
         + 10 * c.train.probe * c.data.L * m * 8  # probe states, primal and tangent (JVP), float64
         for c in cfgs

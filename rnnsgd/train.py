@@ -27,6 +27,7 @@ from rnnsgd.model import RNN
 
 OUTCOMES = ("completed", "budget", "diverged")
 BLOCK_BYTES = 2**20  # the input terms A x of this many bytes of SGD steps are computed at once
+EVAL_BYTES = 2**27  # an evaluation's forward pass holds its hidden states for at most this many bytes at once
 
 
 def named_generator(seed: int, name: str) -> torch.Generator:
@@ -146,9 +147,9 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ maths
 
-    def objective(self, s: Sample, chunk: int = 4096) -> float:
+    def objective(self, s: Sample) -> float:
         """Mean over s of sum_j G(lambda F_j(x; W + W'), y_j)."""
-        total = 0.0
+        total, chunk = 0.0, eval_chunk(self.cfg)
         for i in range(0, s.x.shape[0], chunk):
             F = self.net.forward(s.x[i : i + chunk], self.W_shift)
             total += (
@@ -262,6 +263,12 @@ class Trainer:
         self.history.append(metrics)
         if on_eval is not None:
             on_eval(metrics, self)
+
+
+def eval_chunk(cfg: TrialConfig) -> int:
+    """How many samples an evaluation's forward pass takes at once: EVAL_BYTES of hidden states, at most 4096
+    (m = 1024, L = 64: 512 samples, 128 MiB, where 4096 took 1 GiB per buffer and capped packs on a GPU)."""
+    return max(1, min(4096, EVAL_BYTES // (cfg.data.L * cfg.model.m * 4)))
 
 
 def block_steps(K: int, cfg: TrialConfig) -> int:

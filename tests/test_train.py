@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from rnnsgd import concept
+from rnnsgd import train as train_module
 from rnnsgd.config import LOSSES, TASKS, TrialConfig
 from rnnsgd.model import RNN
 from rnnsgd.train import OUTCOMES, Trainer, eval_steps, named_generator, train
@@ -322,6 +323,22 @@ def test_risk_scales_opt_and_iterate_average():
         area += 0.5 * (prev["test/risk"] + cur["test/risk"]) * (cur["step"] - prev["step"])
         assert cur["test/risk_iter_avg"] == pytest.approx(area / cur["step"], rel=1e-9)
     assert train(small()).metrics["opt"] == 0.0  # no noise: F* is exact
+
+
+def test_objective_in_chunks_of_bounded_memory(monkeypatch):
+    """The evaluation's forward pass takes eval_chunk samples at a time: EVAL_BYTES of hidden states (at most
+    4096 samples); the objective over chunks is the mean over all samples."""
+    cfg = small(**{"data.n_test": 100})
+    assert train_module.eval_chunk(cfg) == 4096  # small shapes: the cap
+    big = TrialConfig.from_flat({**cfg.to_flat(), "model.m": 2048, "data.L": 64})
+    assert train_module.eval_chunk(big) == 2**27 // (64 * 2048 * 4) == 256
+    trainer = Trainer(cfg)
+    trainer.W_shift.normal_(0, 0.01, generator=torch.Generator().manual_seed(0))
+    whole = trainer.objective(trainer.test)
+    row = cfg.data.L * cfg.model.m * 4
+    monkeypatch.setattr(train_module, "EVAL_BYTES", 7 * row)  # 100 samples in chunks of 7
+    assert train_module.eval_chunk(cfg) == 7
+    assert trainer.objective(trainer.test) == pytest.approx(whole, rel=1e-6)
 
 
 def test_eval_steps_are_geometric():
