@@ -1,13 +1,20 @@
 """The GPU-hour estimates in the comments of sweeps/e*.yaml (full variants): a cost model, not a measurement.
 
 One-sample SGD on an RNN is a chain of small kernels: per SGD step and per position, the forward and the
-BPTT launch about a dozen kernels, so on a GPU a step costs about L x (t_launch + t_matvec(m)), however fast
-the GPU is. Assumed (not measured here; this machine has no GPU):
+BPTT launch about a dozen kernels, so on a GPU a step costs about L x t_launch however fast the GPU is, plus
+the time to stream the weights. Assumed (not measured here; no GPU has been lent to this project yet):
 
-    t_position(m) = 100 us (kernel launches from eager PyTorch) + 3 matvecs of m x m floats at 2 TB/s
-    evaluations   = +20% (geometric grid, n_test samples plus the diagnostics)
-    steps         = the budget T of the schedule (upper bound: the plateau rule ends most runs earlier)
-    GPU-hours     = sum over points of steps x L x t_position x 1.2 x (GPUs per trial) / 3600
+    t_launch  = 100 us per position per step (eager PyTorch's launches; the trial's share of the GPU pays it,
+                so 4 trials per GPU overlap their launches)
+    t_stream  = 3 reads of each model's m x m float32 matrix per position at 2 TB/s (the whole GPU's
+                bandwidth: trials sharing a GPU do not overlap it)
+    steps     = the schedule's budget T (an upper bound: the plateau rule ends most runs earlier)
+    evals     = +20% (geometric grid, n_test samples plus the diagnostics)
+
+A trial per point pays t_launch for every point; a pack (rnnsgd.sweep.packing, as the sweep plans it for
+H100s) pays it once per step for all its points, and streams every point's weights:
+
+    GPU-seconds of a pack = (GPU share x max_i T_i x L x t_launch + sum_i T_i x L x t_stream) x 1.2
 
     .venv/bin/python benchmarks/estimate_gpu_hours.py            # every sweeps/e*.yaml, variant full
 """
@@ -18,31 +25,49 @@ import sys
 from pathlib import Path
 
 from rnnsgd.config import schedule
+from rnnsgd.sweep.packing import plan
+from rnnsgd.sweep.runner import cost
 from rnnsgd.sweep.spec import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 T_LAUNCH = 100e-6  # seconds per position per step
 BANDWIDTH = 2e12  # bytes/s
 EVAL_OVERHEAD = 1.2
+GPU_BYTES = 80 * 10**9  # an H100's memory
+GPUS = 8  # the cluster the packs are planned for (cluster/aws-gpu.yaml: up to 8 one-GPU workers)
 
 
-def estimate(path: Path, variant: str = "full") -> tuple[int, float, float]:
-    """(points, GPU-hours as an upper bound, trial-hours)."""
+def pack_seconds(cfgs: list, share: float) -> float:
+    """GPU-seconds of one trial training cfgs (same shape) as a pack, at a GPU share of `share`."""
+    L, m = cfgs[0].data.L, cfgs[0].model.m
+    steps = [schedule(c).T for c in cfgs]
+    launch = share * max(steps) * L * T_LAUNCH
+    stream = sum(steps) * L * 3 * m * m * 4 / BANDWIDTH
+    return (launch + stream) * EVAL_OVERHEAD
+
+
+def estimate(path: Path, variant: str = "full") -> dict[str, float]:
+    """Points, trials and GPU-hours (upper bounds) of a sweep's variant, a trial per point and packed."""
     sweep = load_sweep(path, variant)
-    seconds = 0.0
-    for p in sweep.points:
-        cfg = p.config()
-        t_position = T_LAUNCH + 3 * cfg.model.m**2 * 4 / BANDWIDTH
-        seconds += schedule(cfg).T * cfg.data.L * t_position * EVAL_OVERHEAD
-    gpu = sweep.resources.gpu or 1.0
-    return len(sweep.points), seconds * gpu / 3600, seconds / 3600
+    cfgs = [p.config() for p in sweep.points]
+    share = sweep.resources.gpu or 1.0
+    budget = int(GPU_BYTES * sweep.pack.memory_fraction * share)
+    packs = plan(cfgs, [cost(c) for c in cfgs], sweep.pack, int(GPUS / share), budget)
+    return {
+        "points": len(cfgs),
+        "trials": len(packs),
+        "unpacked": sum(pack_seconds([c], share) for c in cfgs) / 3600,
+        "packed": sum(pack_seconds([cfgs[i] for i in p], share) for p in packs) / 3600,
+    }
 
 
 def main() -> int:
     paths = [Path(a) for a in sys.argv[1:]] or sorted((REPO / "sweeps").glob("e*.yaml"))
     for path in paths:
-        n, gpu_h, trial_h = estimate(path)
-        print(f"{path.name}: full: {n} points, at most {gpu_h:,.0f} GPU-hours ({trial_h:,.0f} trial-hours)")
+        e = estimate(path)
+        print(f"{path.name}: full: {e['points']} points: a trial per point at most {e['unpacked']:,.0f} "
+              f"GPU-hours; packed ({e['trials']} trials) at most {e['packed']:,.0f} GPU-hours "
+              f"({e['unpacked'] / e['packed']:.1f}x less)")  # fmt: skip
     return 0
 
 
