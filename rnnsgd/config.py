@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from rnnsgd import concept
+from rnnsgd.phi import complexity_eps, parse_phi
 
 TASKS = ("paper", "long_range", "lags", "parity")
 LOSSES = ("l2", "l1", "huber", "xent", "mse")
@@ -41,7 +41,7 @@ class DataConfig:
     d_x: int = 4  # raw token dimension, including the fixed last coordinate 1/2
     d: int = 1  # output dimension
     p: int = 1  # terms per (i -> j) pair
-    phi: tuple[str, ...] = ("z^2",)  # Phi families (concept.parse_phi); one, or one per lag for `lags`
+    phi: tuple[str, ...] = ("z^2",)  # Phi families (rnnsgd.phi.parse_phi); one, or one per lag for `lags`
     lags: tuple[int, ...] = (1, 2, 4)  # for task `lags`: y_j = sum_lag Phi_lag(<w*_lag, x*_{j-lag}>)
     eps_x: float = 0.5  # input scaling of real tokens, in (0, 1]; 1 is the "no scaling" control
     noise: float = 0.0  # label noise std sigma_y (makes OPT > 0)
@@ -207,7 +207,7 @@ def validate(cfg: TrialConfig) -> None:
     _require(len(da.phi) >= 1, "data.phi", "must name at least one Phi")
     for spec in da.phi:
         try:
-            concept.parse_phi(spec)
+            parse_phi(spec)
         except ValueError as e:
             raise ValueError(f"data.phi: {e}") from None
     if da.task == "lags":
@@ -266,10 +266,7 @@ def schedule(cfg: TrialConfig) -> Schedule:
         rho = 100 * L * cfg.data.d * math.log(max(m, 2))
         lam = tr.c_lambda * tr.eps / (10 * L * rho)
         eta = tr.c_eta / (tr.eps * rho**2 * m)
-        C = max(
-            concept.complexity_eps(concept.parse_phi(s), math.sqrt(L), tr.eps, C_star=1.0)
-            for s in cfg.data.phi
-        )
+        C = max(complexity_eps(parse_phi(s), math.sqrt(L), tr.eps, C_star=1.0) for s in cfg.data.phi)
         T = tr.c_T * (cfg.data.p * C * rho / tr.eps) ** 2
     else:
         lam = tr.c_lambda * tr.eps / L

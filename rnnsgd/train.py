@@ -24,6 +24,7 @@ from rnnsgd.config import TrialConfig, schedule
 from rnnsgd.diagnostics import KEYS as DIAGNOSTIC_KEYS
 from rnnsgd.diagnostics import diagnostics
 from rnnsgd.model import RNN
+from rnnsgd.phi import parse_phi
 
 OUTCOMES = ("completed", "budget", "diverged")
 BLOCK_BYTES = 2**20  # the input terms A x of this many bytes of SGD steps are computed at once
@@ -74,7 +75,7 @@ class Trainer:
         self.sched = schedule(cfg)
         self.device = resolve_device(cfg.train.device)
         da, seed = cfg.data, cfg.seed
-        phis = tuple(concept.parse_phi(s) for s in da.phi)
+        phis = tuple(parse_phi(s) for s in da.phi)
         self.teacher = concept.make_teacher(
             da.task,
             da.L,

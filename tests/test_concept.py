@@ -1,4 +1,4 @@
-"""rnnsgd.concept: Phi families, tokens, teachers, labels (eq. 3.1), losses, complexity (PAPER.md §2-4)."""
+"""rnnsgd.concept and rnnsgd.phi: Phi families, tokens, teachers, labels (eq. 3.1), losses, complexity."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 from rnnsgd import concept
 from rnnsgd.config import LOSSES, TASKS
+from rnnsgd.phi import complexity_eps, complexity_s, parse_phi
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,18 +37,18 @@ def gen(seed: int) -> torch.Generator:
 
 @pytest.mark.parametrize("spec", FAMILIES)
 def test_phi_vanishes_at_zero(spec):
-    phi = concept.parse_phi(spec)
+    phi = parse_phi(spec)
     assert phi(torch.zeros(3, dtype=torch.float64)).abs().max().item() == 0.0
     assert phi.net == spec.startswith("net:")
 
 
 def test_phi_values():
     z = torch.tensor([-1.5, 0.5, 2.0], dtype=torch.float64)
-    torch.testing.assert_close(concept.parse_phi("z^3")(z), z**3)
-    torch.testing.assert_close(concept.parse_phi("poly:0:1:0.5")(z), z + 0.5 * z**2)
-    torch.testing.assert_close(concept.parse_phi("sin")(z), torch.sin(z))
-    torch.testing.assert_close(concept.parse_phi("exp")(z), torch.exp(z) - 1)
-    torch.testing.assert_close(concept.parse_phi("net:z^2")(z), z**2)
+    torch.testing.assert_close(parse_phi("z^3")(z), z**3)
+    torch.testing.assert_close(parse_phi("poly:0:1:0.5")(z), z + 0.5 * z**2)
+    torch.testing.assert_close(parse_phi("sin")(z), torch.sin(z))
+    torch.testing.assert_close(parse_phi("exp")(z), torch.exp(z) - 1)
+    torch.testing.assert_close(parse_phi("net:z^2")(z), z**2)
 
 
 @pytest.mark.parametrize(
@@ -55,7 +56,7 @@ def test_phi_values():
 )
 def test_bad_phi_raises(spec):
     with pytest.raises(ValueError):
-        concept.parse_phi(spec)
+        parse_phi(spec)
 
 
 # ---------------------------------------------------------------------------------------------- complexity
@@ -65,11 +66,11 @@ def test_bad_phi_raises(spec):
 @pytest.mark.parametrize(("R", "eps"), [(math.sqrt(8), 0.1), (2.0, 0.01)])
 def test_complexity_of_z2(C_star, R, eps):
     """z^2 has c_2 = 1 only: C_eps = (C* R)^2 (1 + log(1/eps)/2), C_s = C* 3^1.75 R^2."""
-    phi = concept.parse_phi("z^2")
-    assert concept.complexity_eps(phi, R, eps, C_star) == pytest.approx(
+    phi = parse_phi("z^2")
+    assert complexity_eps(phi, R, eps, C_star) == pytest.approx(
         (C_star * R) ** 2 * (1 + math.log(1 / eps) / 2)
     )
-    assert concept.complexity_s(phi, R, C_star) == pytest.approx(C_star * 3**1.75 * R**2)
+    assert complexity_s(phi, R, C_star) == pytest.approx(C_star * 3**1.75 * R**2)
 
 
 @pytest.mark.parametrize(
@@ -81,22 +82,22 @@ def test_complexity_of_sin(C_star, R, eps):
     first = sum((C_star * R) ** i / math.factorial(i) for i in odd)
     second = sum((math.sqrt(math.log(1 / eps) / i) * C_star * R) ** i / math.factorial(i) for i in odd)
     assert first == pytest.approx(math.sinh(C_star * R))
-    phi = concept.parse_phi("sin")
-    assert concept.complexity_eps(phi, R, eps, C_star) == pytest.approx(first + second)
+    phi = parse_phi("sin")
+    assert complexity_eps(phi, R, eps, C_star) == pytest.approx(first + second)
     s = C_star * sum((i + 1) ** 1.75 * R**i / math.factorial(i) for i in odd)
-    assert concept.complexity_s(phi, R, C_star) == pytest.approx(s)
+    assert complexity_s(phi, R, C_star) == pytest.approx(s)
 
 
 def test_complexity_shapes():
     """poly: C ~ L^{k/2}; exp: first half e^{C* R} - 1; C* = 1e4 overflows sin to inf, no error."""
-    z3 = concept.parse_phi("z^3")
-    ratio = concept.complexity_eps(z3, math.sqrt(16), 0.1) / concept.complexity_eps(z3, math.sqrt(4), 0.1)
+    z3 = parse_phi("z^3")
+    ratio = complexity_eps(z3, math.sqrt(16), 0.1) / complexity_eps(z3, math.sqrt(4), 0.1)
     assert ratio == pytest.approx(2**3)
-    exp = concept.parse_phi("exp")
-    assert concept.complexity_eps(exp, 1.0, 1.0, C_star=1.0) == pytest.approx(math.e - 1)  # log(1/eps) = 0
-    assert concept.complexity_eps(concept.parse_phi("sin"), math.sqrt(8), 0.1) == math.inf
-    poly = concept.parse_phi("poly:0:1:-0.5")
-    assert concept.complexity_s(poly, 2.0, 1.0) == pytest.approx(2**1.75 * 2 + 0.5 * 3**1.75 * 4)
+    exp = parse_phi("exp")
+    assert complexity_eps(exp, 1.0, 1.0, C_star=1.0) == pytest.approx(math.e - 1)  # log(1/eps) = 0
+    assert complexity_eps(parse_phi("sin"), math.sqrt(8), 0.1) == math.inf
+    poly = parse_phi("poly:0:1:-0.5")
+    assert complexity_s(poly, 2.0, 1.0) == pytest.approx(2**1.75 * 2 + 0.5 * 3**1.75 * 4)
 
 
 # ---------------------------------------------------------------------------------------------- tokens
@@ -126,7 +127,7 @@ def make(
     lags: tuple[int, ...] = (1, 3),
     seed: int = 0,
 ) -> concept.Teacher:
-    phis = (concept.parse_phi(phi),) * (len(lags) if task == "lags" else 1)
+    phis = (parse_phi(phi),) * (len(lags) if task == "lags" else 1)
     return concept.make_teacher(task, L, d_x, d, p, phis, lags, unit_var, gen(seed))
 
 
@@ -169,7 +170,7 @@ def test_paper_labels_match_eq_3_1_written_out():
     """F*_{j,s} = sum_{i=2}^{j-1} sum_r b*_{i->j,r,s} Phi(<w*_{i->j,r,s}, x*_i>), one sample at a time."""
     L, p, d = 6, 2, 2
     teacher = make("paper", L=L, p=p, d=d, phi="poly:0:1:0.5")
-    phi = concept.parse_phi("poly:0:1:0.5")
+    phi = parse_phi("poly:0:1:0.5")
     x = concept.sample_tokens(3, L, 4, gen(1))
     y = teacher.labels(x)
     for n in range(3):

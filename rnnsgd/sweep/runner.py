@@ -1,6 +1,7 @@
 """The driver of a sweep: check everything, join or start Ray, run the points that are not done, close up.
 
     1. checks (no compute, no runs): tracking URI reachable, Ray reachable, resources the machine can give
+       (torch is imported only where a check needs it, and otherwise beside Ray's start: it takes a second)
     2. MLflow: the sweep's experiment and parent run; runs orphaned by a killed driver are marked KILLED
     3. plan: points with a FINISHED run are skipped; an interrupted point re-attaches to its run and resumes
        from the last checkpoint a previous driver left in storage; the rest start fresh
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rnnsgd.config import TrialConfig, format_value, schedule
-from rnnsgd.sweep.packing import plan, trial_budget
+from rnnsgd.sweep.faults import parse_faults
 from rnnsgd.sweep.spec import Point, Sweep, SweepError
 from rnnsgd.sweep.tracking import (
     SweepTracker,
@@ -38,7 +39,6 @@ from rnnsgd.sweep.tracking import (
     resolve_tracking_uri,
     store_exists,
 )
-from rnnsgd.sweep.trial import PointStore, parse_faults, run_trial
 
 RAY_ENV = {  # set before Ray starts, so that the local cluster's workers inherit them
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no CSV/JSON/TensorBoard loggers: MLflow is the record
@@ -137,14 +137,18 @@ def check_local_resources(sweep: Sweep) -> None:
 
     if os.environ.get("RAY_ADDRESS") or ray.is_initialized():
         return  # checked against the cluster's nodes once connected
-    _refuse_unless_fits(sweep, local_nodes())
+    _refuse_unless_fits(sweep, local_nodes(count_gpus=sweep.resources.gpu > 0))
 
 
-def local_nodes() -> list[dict[str, float]]:
-    """This machine as one node, in the form of Ray's node resources."""
-    import torch
+def local_nodes(count_gpus: bool = True) -> list[dict[str, float]]:
+    """This machine as one node, in the form of Ray's node resources (GPUs counted by torch: count_gpus=False
+    says 0 without importing it)."""
+    gpus = 0
+    if count_gpus:
+        import torch
 
-    return [{"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}]
+        gpus = torch.cuda.device_count()
+    return [{"CPU": os.cpu_count() or 1, "GPU": gpus}]
 
 
 def trial_slots(sweep: Sweep, nodes: list[dict[str, float]]) -> int:
@@ -173,14 +177,20 @@ def local_budget(sweep: Sweep) -> int | None:
         return None
     import torch
 
+    from rnnsgd.sweep.packing import trial_budget
+
     cuda = sweep.resources.gpu > 0 and torch.cuda.is_available()
     return trial_budget(torch.device("cuda" if cuda else "cpu"), sweep.pack, sweep.resources)
 
 
 def check_pack_size(sweep: Sweep) -> None:
     """Before anything starts: refuse a pack.size whose packs cannot fit this machine's trials."""
+    if sweep.pack.size in (None, 1):
+        return  # auto shrinks packs to fit, and a point alone always runs
+    from rnnsgd.sweep.packing import plan
+
     budget = local_budget(sweep)
-    if budget is not None and sweep.pack.size not in (None, 1):
+    if budget is not None:
         cfgs = [p.config() for p in sweep.points]
         try:
             plan(cfgs, [1.0] * len(cfgs), sweep.pack, 1, budget)
@@ -240,9 +250,15 @@ def run_sweep(
             done.wall_s = time.perf_counter() - t0
             return done
 
-    # MLflow's store start-up (migrations, on a new SQLite file) runs beside Ray's
+    def prepare() -> SweepTracker:
+        """Beside Ray's start: torch's import (a second; the plan needs it) and MLflow's store (migrations,
+        on a new SQLite file)."""
+        import torch  # noqa: F401
+
+        return tracker or SweepTracker(uri)
+
     with ThreadPoolExecutor(1) as pool:
-        tracker_future = pool.submit(SweepTracker, uri)
+        tracker_future = pool.submit(prepare)
         started_ray = connect_ray()
         try:
             tracker = tracker_future.result()
@@ -352,6 +368,8 @@ def _already_done(tracker: SweepTracker, sweep: Sweep) -> SweepReport | None:
 
 def pack_points(sweep: Sweep, points: list[Point], slots: int) -> list[list[int]]:
     """Indices into points, grouped into the trials that will train them (packing.plan), costliest first."""
+    from rnnsgd.sweep.packing import plan
+
     cfgs = [p.config() for p in points]
     return plan(cfgs, [cost(c) for c in cfgs], sweep.pack, slots, local_budget(sweep))
 
@@ -365,6 +383,8 @@ def cost(cfg: TrialConfig) -> float:
 def prune(storage: str, sweep_name: str, keep: set[str]) -> None:
     """Delete the checkpoints no re-run needs (every point not in `keep`), and Tune's own folders: resuming
     goes by MLflow and the points' checkpoints, never by Tuner.restore."""
+    from rnnsgd.sweep.trial import PointStore
+
     store = PointStore(storage, sweep_name)
     for point_id in store.point_ids():
         if point_id not in keep:
@@ -402,6 +422,7 @@ def _tune(sweep: Sweep, packs: list[list[dict]], ctx: dict, concurrency: int, do
     from ray import tune
 
     from rnnsgd.sweep.progress import Progress
+    from rnnsgd.sweep.trial import run_trial
 
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)

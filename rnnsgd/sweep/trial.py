@@ -19,11 +19,7 @@ its last checkpoint if it has one, each into its own run.
 Checkpoints live by point id in the sweep's storage rather than in Tune's trial folders: a retry, a resumed
 sweep and a grown grid all find them the same way, and Tune never snapshots its experiment per checkpoint.
 
-Fault injection, a testing aid (tests/test_sweep_run.py): the driver forwards RNNSGD_FAULT to its trials.
-    RNNSGD_FAULT="raise@<point_id prefix>:<step>,kill@<point_id prefix>:<step>"
-`raise` raises at the first evaluation at or after <step>; `kill` SIGKILLs the trial's own process there
-(after that evaluation's checkpoint), on a fresh start only, so that the retry from the checkpoint
-gets through. A prefix of `*` matches every point.
+Fault injection (rnnsgd.sweep.faults), a testing aid: the driver forwards RNNSGD_FAULT to its trials.
 """
 
 from __future__ import annotations
@@ -40,6 +36,7 @@ from typing import Any
 
 import torch
 
+from rnnsgd.sweep.faults import Fault, parse_faults
 from rnnsgd.sweep.spec import Point
 from rnnsgd.sweep.tracking import TrialRun
 
@@ -51,30 +48,6 @@ REPORT_S = 1.0
 
 class TrackingError(RuntimeError):
     """MLflow failed inside a trial: infrastructure, so Tune retries the trial (unlike a learner error)."""
-
-
-@dataclass(frozen=True)
-class Fault:
-    kind: str  # raise | kill
-    prefix: str  # point_id prefix, or * for all
-    step: int
-
-    def matches(self, point_id: str) -> bool:
-        return self.prefix == "*" or point_id.startswith(self.prefix)
-
-
-def parse_faults(spec: str | None) -> list[Fault]:
-    """'raise@ab12:100,kill@*:300' -> [Fault('raise', 'ab12', 100), Fault('kill', '*', 300)]."""
-    faults = []
-    for item in (spec or "").replace(";", ",").split(","):
-        if not item.strip():
-            continue
-        kind, _, rest = item.strip().partition("@")
-        prefix, _, step = rest.rpartition(":")
-        if kind not in ("raise", "kill") or not prefix or not step.isdigit():
-            raise ValueError(f"RNNSGD_FAULT: expected raise|kill@<point_id prefix>:<step>, got {item!r}")
-        faults.append(Fault(kind, prefix, int(step)))
-    return faults
 
 
 class PointStore:
