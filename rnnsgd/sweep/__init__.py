@@ -2,7 +2,9 @@
 
     spec.py      sweep-file schema, validation, variants, `--set` overrides, grid expansion, point ids
     tracking.py  every MLflow call: experiment, parent run, child runs, statuses, batched metrics
-    trial.py     the function one Ray Tune trial runs: checkpoints, re-attach, device, fault injection
+    trial.py     the function one Ray Tune trial runs: checkpoints, re-attach, device
+    packing.py   which points share a trial (packs of one shape, balanced over the trial slots)
+    faults.py    RNNSGD_FAULT, the fault injection the tests use
     runner.py    the driver: Ray start/join, resume and grow, one Tuner over the missing points
     progress.py  the live progress line (a Tune callback)
     status.py    `rnnsgd status`: the grid's coverage, read from MLflow
