@@ -115,11 +115,13 @@ class RNN:
         """
         if not self.packed:
             return torch.matmul(x_pm, self.A.T, out=out)
-        cols = self.A.unsqueeze(-3)  # (K, 1, m, d_x + 1): column c broadcasts against (..., K, n, m)
+        # each coordinate of x and each column of A contiguous: a strided operand made the products 5x slower
+        xs = x_pm.movedim(-1, 0).contiguous().unsqueeze(-1)  # (d_x + 1, ..., K, n, 1)
+        cols = self.A.movedim(-1, 0).contiguous().unsqueeze(-2)  # (d_x + 1, K, 1, m): broadcast over n
         u = x_pm.new_empty((*x_pm.shape[:-1], self.m)) if out is None else out
-        torch.mul(x_pm[..., 0:1], cols[..., 0], out=u)
-        for c in range(1, self.A.shape[-1]):
-            u.addcmul_(x_pm[..., c : c + 1], cols[..., c])
+        torch.mul(xs[0], cols[0], out=u)
+        for c in range(1, len(xs)):
+            u.addcmul_(xs[c], cols[c])
         return u
 
     def states(
