@@ -143,20 +143,29 @@ class RNN:
         h = self.recurrence(u, self._total(W_shift, W_total))
         return h.movedim(0, -2), u.movedim(0, -2)
 
-    def recurrence(self, u: torch.Tensor, W_total: torch.Tensor) -> torch.Tensor:
+    def recurrence(
+        self,
+        u: torch.Tensor,
+        W_total: torch.Tensor,
+        *,
+        out: torch.Tensor | None = None,
+        views: tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
         """h_l = sigma(A x_l + (W + W') h_{l-1}) position-major: u = A x_l (L, [K,] n, m) -> h, same shape.
 
         u is completed in place into the pre-activations; for the linear activation h is u itself.
+        out: where to write h (default: a new tensor). views: the per-position views of u and of out, when
+        the caller keeps them across calls (making them costs about a microsecond each, 2L per call).
         """
         W_T = W_total.mT
         acc = _addmm_ if W_T.dim() == 2 else _baddbmm_  # u_l += h_{l-1} W^T, for one network or K at once
-        us = u.unbind(0)  # per-position views, made once
+        us = u.unbind(0) if views is None else views[0]
         if self.activation == "linear":
             for l in range(1, len(us)):
                 acc(us[l], us[l - 1], W_T)  # u_l = A x_l + W h_{l-1}, h = u
             return u
-        h = torch.empty_like(u)
-        hs = h.unbind(0)
+        h = torch.empty_like(u) if out is None else out
+        hs = h.unbind(0) if views is None else views[1]
         torch.clamp_min(us[0], 0, out=hs[0])  # h_0 = 0, so u_1 = A x_1
         for l in range(1, len(us)):
             acc(us[l], hs[l - 1], W_T)
@@ -214,17 +223,24 @@ class RNN:
         *,
         out: torch.Tensor | None = None,
         alpha: float | Sequence[float] = 1.0,
+        mask: torch.Tensor | None = None,
+        views: tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """`backward` position-major: h, u (L, [K,] n, m) of `recurrence`; g = B^T dy_l (L, [K,] n, m), the
-        gradient that reaches h_l from the outputs, which the loop overwrites with delta_l."""
+        gradient that reaches h_l from the outputs, which the loop overwrites with delta_l.
+
+        mask: where to write sigma'(u) (a buffer like u; default: a new one). views: the per-position views
+        of g and of mask, when the caller keeps them across calls (as in `recurrence`).
+        """
         W = W_total
         packed = W.dim() == 3
         L, m = h.shape[0], h.shape[-1]
         acc = _baddbmm_ if packed else _addmm_
-        gs = g.unbind(0)
+        gs = g.unbind(0) if views is None else views[0]
         active = None  # sigma'(u_l) = 1[u_l > 0], written as floats in one op (a bool mask costs more)
         if self.activation == "relu":
-            active = torch.gt(u, 0, out=torch.empty_like(u)).unbind(0)
+            mask = torch.gt(u, 0, out=torch.empty_like(u) if mask is None else mask)
+            active = mask.unbind(0) if views is None else views[1]
         for l in range(L - 1, 0, -1):
             if active is not None:
                 gs[l].mul_(active[l])  # delta_l

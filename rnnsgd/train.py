@@ -302,7 +302,8 @@ def sgd_steps(
     Returns (C, K): each step's objective summed over its samples and positions.
 
     Per step: one K m x m sum (W + W'), the L-step recurrence and its BPTT batched over K, and the update
-    fused into one product per run of equal eta. Nothing waits on the device. The bits of network k do not
+    fused into one product per run of equal eta, into buffers (and views of them) kept in `work`. Nothing
+    waits on the device. The bits of network k do not
     depend on the other networks of the pack (see rnnsgd.model): a pack of K equals K packs of one.
     """
     C, K, b, L, _ = x.shape
@@ -315,6 +316,14 @@ def sgd_steps(
             work[name] = W_shift.new_empty(shape)
         return work[name]
 
+    def views(name: str, depth: int = 1) -> list:
+        """Buffer `name`'s per-position views (depth 2: per step, then per position), made once per buffer:
+        a step would otherwise make 4L of them, a microsecond each."""
+        t, made = work[name], work.get(name + "/views")
+        if made is None or made[0] is not t:
+            made = work[name + "/views"] = (t, [v.unbind(0) if depth == 2 else v for v in t.unbind(0)])
+        return made[1]
+
     # (C, L, K, b, m): A x_l of every step of the block, contiguous
     U = net.project(x.permute(0, 3, 1, 2, 4), out=buffer("U", C, L, K, b, m))
     Y = y[:, :, :, j].transpose(2, 3)  # (C, K, |j|, b, d), as z below
@@ -326,11 +335,13 @@ def sgd_steps(
     keep = None if mask is None else mask.T.reshape(K, -1, 1)  # (K, |j|, 1)
     W_total = buffer("W_total", K, m, m)
     g = buffer("g", L, K, b, m)  # B^T dy, position-major; 0 outside the supervised positions
+    h_out, active = buffer("h", L, K, b, m), buffer("active", L, K, b, m)  # h, sigma'(u): written each step
+    u_views, h_views, g_views, active_views = views("U", depth=2), views("h"), views("g"), views("active")
     G_all = buffer("G", C, K, j.stop - j.start, b)
     for t in range(C):
         torch.add(net.W, W_shift, out=W_total)
         u = U[t]  # (L, K, b, m), position-major
-        h = net.recurrence(u, W_total)
+        h = net.recurrence(u, W_total, out=h_out, views=(u_views[t], h_views))
         z = torch.bmm(h[j].transpose(0, 1).reshape(K, -1, m), lam_B).view(K, -1, b, d)  # (K, |j|, b, d)
         G, dG = concept.loss_and_grad(loss, z, Y[t])
         if keep is not None:
@@ -342,7 +353,7 @@ def sgd_steps(
             g[j].addcmul_(dG[..., s : s + 1], rows[s])
         g[: j.start].zero_()
         g[j.stop :].zero_()
-        net.bptt(h, u, g, W_total, out=W_shift, alpha=neg_eta)
+        net.bptt(h, u, g, W_total, out=W_shift, alpha=neg_eta, mask=active, views=(g_views, active_views))
     return G_all.view(C, K, -1).sum(dim=-1)  # a new tensor: G_all is reused
 
 
