@@ -230,7 +230,7 @@ class RNN:
         gradient that reaches h_l from the outputs, which the loop overwrites with delta_l.
 
         mask: where to write sigma'(u) (a buffer like u; default: a new one). views: the per-position views
-        of g and of mask, when the caller keeps them across calls (as in `recurrence`).
+        of g and of mask (so given with mask), when the caller keeps them across calls (as in `recurrence`).
         """
         W = W_total
         packed = W.dim() == 3

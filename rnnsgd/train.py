@@ -303,8 +303,8 @@ def sgd_steps(
 
     Per step: one K m x m sum (W + W'), the L-step recurrence and its BPTT batched over K, and the update
     fused into one product per run of equal eta, into buffers (and views of them) kept in `work`. Nothing
-    waits on the device. The bits of network k do not
-    depend on the other networks of the pack (see rnnsgd.model): a pack of K equals K packs of one.
+    waits on the device. The bits of network k do not depend on the other networks of the pack (see
+    rnnsgd.model): a pack of K equals K packs of one.
     """
     C, K, b, L, _ = x.shape
     m = W_shift.shape[-1]
