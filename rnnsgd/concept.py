@@ -157,3 +157,42 @@ def loss_and_grad(name: str, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Te
 def risk(name: str, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-sample objective sum_{j in mask} G(z_j, y_j): (n, L, d) -> (n,)."""
     return loss_and_grad(name, z[:, mask], y[:, mask])[0].sum(dim=-1)
+
+
+def constant_baseline(name: str, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The best constant prediction per position: c_j = argmin_c mean_i G(c, y_ij), (n, L, d) -> (L, d).
+
+    The level a learner must beat to have learned anything from the tokens: the baseline-relative excess
+    risk (risk - OPT) / (baseline - OPT) is 1 for it and 0 at OPT. Exact for every loss: the mean (mse), the
+    coordinatewise median (l1; l2 with d = 1), the geometric median by Weiszfeld's iteration (l2, d > 1), the
+    root of the Huber score by bisection (huber), and log of the mean soft label (xent: softmax(c) must equal
+    the average of softmax(y)). Positions outside `mask` get 0. Computed in float64.
+    """
+    y = y.double()
+    c = torch.zeros(y.shape[1:], dtype=torch.float64)
+    ys = y[:, mask]  # (n, J, d)
+    if name == "mse":
+        c[mask] = ys.mean(dim=0)
+    elif name == "l1" or (name == "l2" and ys.shape[-1] == 1):
+        c[mask] = ys.median(dim=0).values
+    elif name == "l2":
+        z = ys.median(dim=0).values
+        for _ in range(500):  # Weiszfeld: z <- sum y_i / |y_i - z| / sum 1 / |y_i - z|
+            w = 1 / (ys - z).norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            z_new = (w * ys).sum(dim=0) / w.sum(dim=0)
+            if torch.allclose(z_new, z, rtol=0, atol=1e-12):
+                break
+            z = z_new
+        c[mask] = z
+    elif name == "huber":
+        lo, hi = ys.min(dim=0).values, ys.max(dim=0).values
+        for _ in range(100):  # the score sum_i clamp(c - y_i, -1, 1) is non-decreasing in c
+            mid = (lo + hi) / 2
+            up = (mid - ys).clamp(-1, 1).sum(dim=0) > 0
+            lo, hi = torch.where(up, lo, mid), torch.where(up, mid, hi)
+        c[mask] = (lo + hi) / 2
+    elif name == "xent":
+        c[mask] = torch.softmax(ys, dim=-1).mean(dim=0).log()
+    else:
+        raise ValueError(f"unknown loss {name!r}")
+    return c

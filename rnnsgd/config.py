@@ -2,7 +2,7 @@
 
 A trial is fully described by a `TrialConfig`; sweeps, MLflow params and the CLI all speak its flat form
 (`{"model.m": 256, "data.L": 8, ...}`). Derived quantities (lambda, eta, T) are formulas of the config,
-computed by `schedule` (spec/PAPER.md §5), never stored twice.
+computed by `schedule` (docs/schedule.md), never stored twice.
 """
 
 from __future__ import annotations
@@ -55,10 +55,8 @@ class TrainConfig:
     loss: str = "l2"  # G(z, y): l2 (unsquared, default), l1, huber, xent; mse is outside the theorem
     schedule: str = "practical"  # how lambda, eta, T follow from (eps, L, m): see `schedule`
     eps: float = 0.1  # target excess risk; sets lambda, eta, T through the schedule
-    c_lambda: float = (
-        4.0  # multipliers of the schedule's formulas (practical defaults: a CPU probe, see README)
-    )
-    c_eta: float = 0.3
+    c_lambda: float = 4.0  # multipliers of the schedule's formulas (practical defaults: see docs/schedule.md)
+    c_eta: float = 1.2
     c_T: float = 1.0
     T: int = 0  # step budget; 0 takes it from the schedule
     batch: int = 1  # samples per SGD step: 1 is the paper's SGD, more is a documented deviation
@@ -69,6 +67,7 @@ class TrainConfig:
     min_steps: int = 10000  # the steps so far, but never before min_steps
     diverge_factor: float = 100.0  # objective above this multiple of its initial value counts as diverged
     probe: int = 64  # probe batch of test inputs for the diagnostics (JVP, flips, drift)
+    eta_probe: int = 256  # fresh samples that measure the gradient's size at init (the practical eta)
     device: str = "auto"  # auto: cuda when available, else cpu
 
 
@@ -239,25 +238,29 @@ def validate(cfg: TrialConfig) -> None:
     _require(tr.min_steps >= 0, "train.min_steps", f"must be >= 0, got {tr.min_steps}")
     _require(tr.diverge_factor > 1, "train.diverge_factor", f"must be > 1, got {tr.diverge_factor}")
     _require(tr.probe >= 1, "train.probe", f"must be >= 1, got {tr.probe}")
+    _require(tr.eta_probe >= 1, "train.eta_probe", f"must be >= 1, got {tr.eta_probe}")
     _require(tr.device in DEVICES, "train.device", f"must be one of {DEVICES}, got {tr.device!r}")
 
 
 @dataclass(frozen=True)
 class Schedule:
     lam: float  # output scale lambda: the loss sees lambda * F_j
-    eta: float  # SGD step size
+    eta: float | None  # SGD step size (None: the practical rule's measurement was not given)
     T: int  # step budget
 
 
-def schedule(cfg: TrialConfig) -> Schedule:
+def schedule(cfg: TrialConfig, grad_sq: float | None = None) -> Schedule:
     """lambda, eta and T from (eps, L, m, d, p): one fixed formula per schedule for every cell of a sweep.
 
     theory (Theorem 1): rho = 100 L d log m, lambda = eps / (10 L rho), eta = 1 / (eps rho^2 m),
         T = p^2 C^2 rho^2 / eps^2 with C = C_eps(Phi, sqrt L) at C* = 1 (the theorem's poly(rho) is
         unspecified; rho^2 is the smallest honest choice). Each times its multiplier.
-    practical (default): lambda = c_lambda eps / L and eta = c_eta eps / (lambda^2 m L), so the
-        function-space step eta lambda^2 m = c_eta eps / L keeps the theory's shape (proportional to eps,
-        falling with L, flat in m) with constants that train in minutes (spec/PAPER.md §5);
+    practical (default): lambda = c_lambda eps / L and eta = c_eta eps / (L grad_sq), where grad_sq is the
+        mean squared norm of one sample's gradient at init (measured by the trainer on fresh samples). One
+        step then lowers the loss of the sample it takes by about c_eta eps / L to first order: the
+        function-space step keeps the theory's shape (proportional to eps, falling with L, flat in m, since
+        grad_sq grows like lambda^2 m), and the measurement carries what a formula cannot: the loss sums
+        L - 2 positions and BPTT sums each over up to L earlier steps (docs/schedule.md).
         T = c_T 2000 L / eps, a budget that the plateau rule usually ends first.
     An explicit train.T overrides the budget of either schedule.
     """
@@ -270,7 +273,7 @@ def schedule(cfg: TrialConfig) -> Schedule:
         T = tr.c_T * (cfg.data.p * C * rho / tr.eps) ** 2
     else:
         lam = tr.c_lambda * tr.eps / L
-        eta = tr.c_eta * tr.eps / (lam**2 * m * L)
+        eta = None if grad_sq is None else tr.c_eta * tr.eps / (L * max(grad_sq, 1e-30))
         T = tr.c_T * 2000 * L / tr.eps
     T_final = tr.T if tr.T > 0 else math.ceil(min(T, 1e12))  # the theory's T can overflow to inf
     return Schedule(lam=lam, eta=eta, T=T_final)

@@ -1,10 +1,13 @@
-"""The quantities the proof of Theorem 1 relies on, measured at an evaluation (spec/PAPER.md §5, DESIGN.md).
+"""The quantities the proof of Theorem 1 relies on, measured at an evaluation (arXiv 1902.01028, §5-7).
 
 - Lemma 7.1: the shift stays small, sqrt(m) ||W'||_F bounded independently of m  -> w/move_fro, w/move_op
 - Lemma 6.1 / App. F: few ReLU sign flips (a fraction ~ m^{-1/3})                  -> act/flip_frac
 - the network is close to its linearization in W' (~ m^{-1/6})                    -> lin/rel_err
 - the hidden states barely move                                                  -> h/drift
 - nothing needs spectral radius < 1                                             -> w/spectral_radius, _norm
+
+And, for task `lags` only, what claim C6 asks (one unit learns a different function for each token pair):
+the recovery R^2 of each lag's pairs, `lag_recovery`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import math
 
 import torch
 
+from rnnsgd.concept import Teacher
 from rnnsgd.model import RNN
 
 
@@ -67,9 +71,42 @@ KEYS = ("w/move_fro", "w/move_op", "w/rel_change", "w/spectral_radius", "w/spect
 
 
 def diagnostics(net: RNN, W_shift: torch.Tensor, x_probe: torch.Tensor) -> dict[str, float]:
-    """Every diagnostic metric of DESIGN.md's table at the current shift (the keys of KEYS)."""
+    """Every diagnostic metric at the current shift (the keys of KEYS; their meaning: docs/metrics.md)."""
     return {
         **weight_metrics(net, W_shift),
         **activation_metrics(net, W_shift, x_probe),
         "lin/rel_err": linearization_error(net, W_shift, x_probe),
     }
+
+
+def lag_recovery(
+    net: RNN, W_shift: torch.Tensor, lam: float, teacher: Teacher, x: torch.Tensor, eps_x: float
+) -> dict[int, float]:
+    """Recovery R^2 of each lag g's token pairs (i -> i + g), on inputs x (n, L, d_x + 1) of task `lags`.
+
+    Token i is resampled (taken from another input of the batch) and the change it makes at output j = i + g
+    is compared between the network (lambda F_j) and the teacher (F*_j): in task `lags` only lag g's term of
+    F*_j reads token i, so the pair's own function is isolated.
+    R^2 = 1 - sum (dF - dF*)^2 / sum (dF* - mean)^2 over inputs and pairs: 1 when the pair's function is
+    recovered, 0 (or below) when it is not.
+    """
+    n, L, d_x = x.shape[0], x.shape[1], x.shape[2] - 1
+    x_star = torch.zeros(n, L, d_x, dtype=torch.float64)
+    x_star[:, 1 : L - 1] = x[:, 1 : L - 1, :d_x].double().cpu() / eps_x  # undo RNN.normalize
+    other = torch.roll(torch.arange(n), 1)
+    out0, target0 = lam * net.forward(x, W_shift).double().cpu(), teacher.labels(x_star)
+    pairs: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {g: [] for g in teacher.lags}
+    for i in range(1, L - 1):
+        xi, xsi = x.clone(), x_star.clone()
+        xi[:, i], xsi[:, i] = x[other.to(x.device), i], x_star[other, i]
+        d_out = lam * net.forward(xi, W_shift).double().cpu() - out0
+        d_target = teacher.labels(xsi) - target0
+        for g in teacher.lags:
+            if i + g < L and teacher.mask[i + g]:
+                pairs[g].append((d_out[:, i + g], d_target[:, i + g]))
+    r2 = {}
+    for g, ps in pairs.items():
+        a, b = torch.cat([p[0] for p in ps]), torch.cat([p[1] for p in ps])
+        spread = ((b - b.mean(dim=0)) ** 2).sum().item()
+        r2[g] = 1 - ((a - b) ** 2).sum().item() / spread if spread > 0 else math.nan
+    return r2

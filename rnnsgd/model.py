@@ -192,7 +192,7 @@ class RNN:
         *,
         W_total: torch.Tensor | None = None,
         out: torch.Tensor | None = None,
-        alpha: float | Sequence[float] = 1.0,
+        alpha: float = 1.0,
     ) -> torch.Tensor:
         """BPTT: from dLoss/dy (n, L, d_out) and the states of `states`, dLoss/dW' (m, m) summed over n.
 
@@ -200,8 +200,7 @@ class RNN:
             g_L = B^T dy_L,   g_l = B^T dy_l + (W + W')^T delta_{l+1},   dLoss/dW' = sum_l delta_l h_{l-1}^T.
         With `out` given, adds alpha * dLoss/dW' to it in place (one fused product, as an SGD step wants:
         out=W', alpha=-eta) and returns it.
-        A pack: dy (K, n, L, d_out) -> (K, m, m); `alpha` may then be one value per network (the products
-        are issued once per run of equal values, so keep equal step sizes next to each other).
+        A pack: dy (K, n, L, d_out) -> (K, m, m) (a step size per network rides on dy: BPTT is linear in it).
         """
         W = self._total(W_shift, W_total)
         hT, uT, dyT = h.movedim(-2, 0), u.movedim(-2, 0), dy.movedim(-2, 0)  # position-major, as `bptt` takes
@@ -222,7 +221,7 @@ class RNN:
         W_total: torch.Tensor,
         *,
         out: torch.Tensor | None = None,
-        alpha: float | Sequence[float] = 1.0,
+        alpha: float = 1.0,
         mask: torch.Tensor | None = None,
         views: tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]] | None = None,
     ) -> torch.Tensor:
@@ -257,17 +256,7 @@ class RNN:
         h_prev = h[:-1].transpose(0, 1).reshape(K, -1, m)
         if out is None:
             return torch.bmm(delta.mT, h_prev)
-        if isinstance(alpha, int | float):
-            return out.baddbmm_(delta.mT, h_prev, alpha=alpha)
-        alphas = [float(a) for a in alpha]
-        if len(alphas) != K:
-            raise ValueError(f"backward: {len(alphas)} values of alpha for a pack of {K}")
-        start = 0
-        for k in range(1, K + 1):
-            if k == K or alphas[k] != alphas[start]:
-                out[start:k].baddbmm_(delta[start:k].mT, h_prev[start:k], alpha=alphas[start])
-                start = k
-        return out
+        return out.baddbmm_(delta.mT, h_prev, alpha=alpha)
 
 
 def _addmm_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:

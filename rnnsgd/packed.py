@@ -83,7 +83,10 @@ def _model_bytes(cfg: TrialConfig) -> int:
     """What one model of a pack holds on the device: weights, shift, data, one interval's sample stream."""
     m, L, d_x, d, b = cfg.model.m, cfg.data.L, cfg.data.d_x, cfg.data.d, cfg.train.batch
     row = L * (d_x + 1 + 2 * d) * 4  # one sample: x, y, f in float32
-    weights = (3 * m * m + m * (d_x + 1) + d * m) * 4  # W, W', W + W' (the step's buffer), A, B
+    # W, W', W + W' (the step's buffer), A, B, the tail average's sums (at most one per interval in a
+    # doubling of steps, plus the running one and one being closed)
+    tail = math.ceil(cfg.train.evals_per_decade * math.log10(2)) + 3
+    weights = ((3 + tail) * m * m + m * (d_x + 1) + d * m) * 4
     n_int = _longest_interval(cfg)
     data = cfg.data.n_test * row + (0 if cfg.data.online else cfg.data.N * row)
     # online: the interval's fresh samples, their concatenation and their float64 draw; offline: the
@@ -273,15 +276,13 @@ class PackedTrainer:
             raise ValueError(f"group: must be >= 1, got {group}")
         self.group = group or group_size(m, self.device)
         self._work: dict[int, dict[str, torch.Tensor]] = {}  # sgd_steps' buffers, kept across calls
-        # pack order: equal step sizes next to each other (one update product per run of equal eta)
-        etas = [schedule(c).eta for c in cfgs]
-        order = sorted(range(K), key=lambda i: (etas[i], i))
         self.trainers: list[Trainer] = [None] * K  # type: ignore[list-item]
         f32 = {"dtype": torch.float32, "device": self.device}
         self.W = torch.empty(K, m, m, **f32)
         self.A = torch.empty(K, m, self.cfg.data.d_x + 1, **f32)
         self.B = torch.empty(K, self.cfg.data.d, m, **f32)
         self.S = torch.empty(K, m, m, **f32)  # the shifts W'
+        self.tails = torch.empty(K, m, m, **f32)  # the tail averages' current sums (what every step adds to)
         online = self.cfg.data.online
         n_rows = 0 if online else sum(c.data.N for c in cfgs)
         L, d_x, d = self.cfg.data.L, self.cfg.data.d_x, self.cfg.data.d
@@ -289,33 +290,35 @@ class PackedTrainer:
         self.Y = torch.empty(n_rows, L, d, **f32)
         self.slots: list[_Slot] = []
         base = 0
-        for p, i in enumerate(order):  # built one at a time: each model's own tensors are freed as it joins
-            tr = Trainer(cfgs[i])
-            if states is not None and states[i] is not None:
-                tr.load_state_dict(states[i])
+        for p in range(K):  # built one at a time: each model's own tensors are freed as it joins
+            tr = Trainer(cfgs[p])
+            if states is not None and states[p] is not None:
+                tr.load_state_dict(states[p])
             for name, pack in (("W", self.W), ("A", self.A), ("B", self.B)):
                 pack[p].copy_(getattr(tr.net, name))
                 setattr(tr.net, name, pack[p])
-            self.S[p].copy_(tr.W_shift)
-            tr.W_shift = self.S[p]
-            slot = _Slot(i, tr)
+            for name, pack in (("W_shift", self.S), ("tail_cur", self.tails)):
+                pack[p].copy_(getattr(tr, name))
+                setattr(tr, name, pack[p])
+            slot = _Slot(p, tr)
             if not online:
-                N = cfgs[i].data.N
+                N = cfgs[p].data.N
                 self.X[base : base + N].copy_(tr.train_set.x)
                 self.Y[base : base + N].copy_(tr.train_set.y)
                 tr.train_set = Sample(self.X[base : base + N], self.Y[base : base + N], tr.train_set.f)
                 slot.base = base
                 base += N
-            self.trainers[i] = tr
+            self.trainers[p] = tr
             self.slots.append(slot)
         self._sources: tuple[torch.Tensor, torch.Tensor] | None = None if online else (self.X, self.Y)
 
     # ------------------------------------------------------------------------------------------ pack
 
-    def _parts(self, slots: list[_Slot]) -> tuple[torch.Tensor, list[float], slice, torch.Tensor | None]:
-        """lambda (K,), eta, the supervised slice (the union) and the mask of each model's positions in it."""
-        lam = torch.tensor([s.trainer.sched.lam for s in slots], dtype=torch.float32, device=self.device)
-        eta = [s.trainer.sched.eta for s in slots]
+    def _parts(self, slots: list[_Slot]) -> tuple[torch.Tensor, torch.Tensor, slice, torch.Tensor | None]:
+        """lambda, eta (K,), the supervised slice (the union) and the mask of each model's positions in it."""
+        f32 = {"dtype": torch.float32, "device": self.device}
+        lam = torch.tensor([s.trainer.sched.lam for s in slots], **f32)
+        eta = torch.tensor([s.trainer.sched.eta for s in slots], **f32)
         sups = [s.trainer.supervised for s in slots]
         j = slice(min(s.start for s in sups), max(s.stop for s in sups))
         if all(s == j for s in sups):
@@ -329,19 +332,21 @@ class PackedTrainer:
         for s in leave:
             tr = s.trainer
             tr.net.W, tr.net.A, tr.net.B = tr.net.W.clone(), tr.net.A.clone(), tr.net.B.clone()
-            tr.W_shift = tr.W_shift.clone()
+            tr.W_shift, tr.tail_cur = tr.W_shift.clone(), tr.tail_cur.clone()
             s.src = s.order = None
             s.pieces = []
         old = {id(s): p for p, s in enumerate(self.slots)}
         for new, s in enumerate(keep):
             p = old[id(s)]
             if p != new:  # new < p: moving rows down in order never overwrites a row still to move
-                for pack in (self.W, self.A, self.B, self.S):
+                for pack in (self.W, self.A, self.B, self.S, self.tails):
                     pack[new].copy_(pack[p])
             tr = s.trainer
-            tr.net.W, tr.net.A, tr.net.B, tr.W_shift = self.W[new], self.A[new], self.B[new], self.S[new]
+            tr.net.W, tr.net.A, tr.net.B = self.W[new], self.A[new], self.B[new]
+            tr.W_shift, tr.tail_cur = self.S[new], self.tails[new]
         K = len(keep)
         self.W, self.A, self.B, self.S = self.W[:K], self.A[:K], self.B[:K], self.S[:K]
+        self.tails = self.tails[:K]
         self.slots = keep
         self._work.clear()
 
@@ -388,7 +393,7 @@ class PackedTrainer:
                 for a, b, net, work in groups:  # each group takes the block's steps while its weights are hot
                     G[t0 : t0 + block, a:b] = sgd_steps(
                         net, self.S[a:b], x[:, a:b], y[:, a:b], lam[a:b], eta[a:b], cfg.train.loss, j,
-                        None if mask is None else mask[:, a:b], work,
+                        None if mask is None else mask[:, a:b], self.tails[a:b], work,
                     )  # fmt: skip
             for k, s in enumerate(slots):
                 s.pieces.append((G, k))

@@ -1,11 +1,17 @@
-"""One-sample SGD on the shift W' of the recurrent matrix (spec/PAPER.md §4-5).
+"""One-sample SGD on the shift W' of the recurrent matrix (arXiv 1902.01028, Theorem 1; docs/schedule.md).
 
     W'_{t+1} = W'_t - eta grad_{W'} sum_{j=3}^{L} G(lambda F_j(x; W + W'_t), y*_j),   (x*, y*) ~ U(Z)
 
 The trainer evaluates on a geometric grid of steps and hands each evaluation's metrics to `on_eval`; it
 never learns where they go (no Ray, no MLflow here). A run ends `completed` when the training objective
-has plateaued, `budget` when the step budget T ran out first (so a budget never masquerades as sample
-complexity), or `diverged` on NaN/Inf or blow-up.
+has plateaued below the best constant predictor (a plateau above it is a stall, not the end of learning),
+`budget` when the step budget T ran out first (so a budget never masquerades as sample complexity), or
+`diverged` on NaN/Inf or blow-up.
+
+Besides the last iterate, every evaluation scores the tail average of W' (its mean over the steps since the
+last evaluation at or before half the steps so far, Polyak-Ruppert style): under a constant step on a
+non-smooth loss the last iterate's risk swings between neighbouring runs, the tail average's much less
+(docs/estimator.md).
 """
 
 from __future__ import annotations
@@ -22,11 +28,12 @@ import torch
 from rnnsgd import concept
 from rnnsgd.config import TrialConfig, schedule
 from rnnsgd.diagnostics import KEYS as DIAGNOSTIC_KEYS
-from rnnsgd.diagnostics import diagnostics
+from rnnsgd.diagnostics import diagnostics, lag_recovery
 from rnnsgd.model import RNN
 from rnnsgd.phi import parse_phi
 
 OUTCOMES = ("completed", "budget", "diverged")
+LAG_PROBE = 512  # test samples that measure the per-lag recovery of task `lags` (rnnsgd.diagnostics)
 BLOCK_BYTES = 2**20  # the input terms A x of this many bytes of SGD steps are computed at once
 EVAL_BYTES = 2**27  # an evaluation's forward pass holds its hidden states for at most this many bytes at once
 
@@ -106,13 +113,34 @@ class Trainer:
         self.data_gen = named_generator(seed.run, "data")
         self.train_set = None if da.online else self._sample(da.N, self.data_gen)
         self.sgd_gen = named_generator(seed.run, "sgd")
-        self.opt = concept.risk(cfg.train.loss, self.test.f, self.test.y, self.mask).mean().item()
+        loss = cfg.train.loss
+        self.opt = concept.risk(loss, self.test.f, self.test.y, self.mask).mean().item()
         self.zero_risk = (
-            concept.risk(cfg.train.loss, torch.zeros_like(self.test.y), self.test.y, self.mask).mean().item()
+            concept.risk(loss, torch.zeros_like(self.test.y), self.test.y, self.mask).mean().item()
         )
-        self.steps = eval_steps(self.sched.T, cfg.train.evals_per_decade)
-        # state
+        # the best constant per position, fitted on the training set (online: on a fresh sample as large as
+        # the test set, from the teacher's stream, so that it is the same for every run seed)
+        fit_on = (
+            self.train_set
+            if self.train_set is not None
+            else self._sample(da.n_test, named_generator(seed.teacher, "baseline"))
+        )
+        self.baseline = (
+            concept.constant_baseline(loss, fit_on.y.cpu(), self.teacher.mask).float().to(self.device)
+        )
+        self.test_baseline = self._constant_risk(self.test)
         self.W_shift = torch.zeros_like(self.net.W)
+        lam = schedule(cfg).lam
+        self.grad_sq = self.mean_grad_sq(
+            self._sample(cfg.train.eta_probe, named_generator(seed.run, "eta")), lam
+        )
+        self.sched = schedule(cfg, self.grad_sq)
+        self.steps = eval_steps(self.sched.T, cfg.train.evals_per_decade)
+        # state: W', the step, and the tail average's sums of W'_s: one per interval between evaluations since
+        # the window's start (start step, sum), and the running one since the last evaluation
+        self.tail_cur = torch.zeros_like(self.W_shift)
+        self.tail_done: list[tuple[int, torch.Tensor]] = []
+        self.tail_start = 0  # the step after which tail_cur started
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.outcome: str | None = None
@@ -132,6 +160,9 @@ class Trainer:
         return {
             "step": self.step,
             "W_shift": self.W_shift.cpu().clone(),
+            "tail_cur": self.tail_cur.cpu().clone(),
+            "tail_done": [(start, t.cpu().clone()) for start, t in self.tail_done],
+            "tail_start": self.tail_start,
             "sgd_gen": self.sgd_gen.get_state(),
             "data_gen": self.data_gen.get_state(),
             "history": [dict(h) for h in self.history],
@@ -141,6 +172,9 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = state["step"]
         self.W_shift = state["W_shift"].to(self.device, copy=True)  # trained in place: never alias the state
+        self.tail_cur.copy_(state["tail_cur"])  # in place: in a pack it is a view of the pack's sums
+        self.tail_done = [(start, t.to(self.device, copy=True)) for start, t in state["tail_done"]]
+        self.tail_start = state["tail_start"]
         self.sgd_gen.set_state(state["sgd_gen"])
         self.data_gen.set_state(state["data_gen"])
         self.history = [dict(h) for h in state["history"]]
@@ -148,17 +182,65 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ maths
 
-    def objective(self, s: Sample) -> float:
-        """Mean over s of sum_j G(lambda F_j(x; W + W'), y_j)."""
+    def objective(self, s: Sample, W_shift: torch.Tensor | None = None) -> float:
+        """Mean over s of sum_j G(lambda F_j(x; W + W'), y_j), at the current W' unless another is given."""
         total, chunk = 0.0, eval_chunk(self.cfg)
+        W_shift = self.W_shift if W_shift is None else W_shift
         for i in range(0, s.x.shape[0], chunk):
-            F = self.net.forward(s.x[i : i + chunk], self.W_shift)
+            F = self.net.forward(s.x[i : i + chunk], W_shift)
             total += (
                 concept.risk(self.cfg.train.loss, self.sched.lam * F, s.y[i : i + chunk], self.mask)
                 .sum()
                 .item()
             )
         return total / s.x.shape[0]
+
+    def _constant_risk(self, s: Sample) -> float:
+        """Mean over s of sum_j G(c_j, y_j) for the baseline constants c."""
+        c = self.baseline.expand_as(s.y)
+        return concept.risk(self.cfg.train.loss, c, s.y, self.mask).mean().item()
+
+    def mean_grad_sq(self, s: Sample, lam: float) -> float:
+        """Mean over s of ||grad_{W'} sum_j G(lam F_j(x; W + W'), y_j)||_F^2, each sample's own gradient.
+
+        With delta_l and h_{l-1} of BPTT (rnnsgd.model.RNN.bptt), one sample's gradient is
+        sum_l delta_l h_{l-1}^T, whose squared norm is sum_{l,l'} (delta_l . delta_l')(h_{l-1} . h_{l'-1}):
+        two Gram matrices per sample, no m x m matrix per sample.
+        """
+        total, chunk, W_total = 0.0, eval_chunk(self.cfg), self.net.W + self.W_shift
+        for i in range(0, s.x.shape[0], chunk):
+            h, u = self.net.states(s.x[i : i + chunk], W_total=W_total)  # (n, L, m) views, position-major
+            _, dG = concept.loss_and_grad(self.cfg.train.loss, lam * (h @ self.net.B.T), s.y[i : i + chunk])
+            dG = dG * self.mask.view(1, -1, 1)
+            hT, uT = h.movedim(-2, 0), u.movedim(-2, 0)  # (L, n, m), contiguous
+            g = torch.matmul(lam * dG.movedim(-2, 0), self.net.B).contiguous()  # B^T dLoss/dF_l
+            self.net.bptt(hT, uT, g, W_total)  # g now holds delta_l
+            D = torch.einsum("lnm,knm->nlk", g[1:], g[1:]).double()
+            H = torch.einsum("lnm,knm->nlk", hT[:-1], hT[:-1]).double()
+            total += (D * H).sum().item()
+        return total / s.x.shape[0]
+
+    @property
+    def tail_from(self) -> int:
+        """The step after which the tail average's window starts."""
+        return self.tail_done[0][0] if self.tail_done else self.step
+
+    def _close_tail(self) -> None:
+        """At an evaluation: the running sum becomes the interval's, and the window moves to start at the
+        last evaluation at or before half the steps, so that it covers the last half of the run and at most
+        one interval more (50-72% of the steps at 4 evaluations a decade)."""
+        if self.step > self.tail_start:
+            self.tail_done.append((self.tail_start, self.tail_cur.clone()))
+            self.tail_cur.zero_()
+            self.tail_start = self.step
+        while len(self.tail_done) > 1 and self.tail_done[1][0] <= self.step / 2:
+            self.tail_done.pop(0)
+
+    def tail_average(self) -> torch.Tensor:
+        """The mean of W'_s over s in (tail_from, step]: the tail average that evaluations score."""
+        if self.step <= self.tail_from:
+            return self.W_shift
+        return torch.stack([t for _, t in self.tail_done]).sum(dim=0) / (self.step - self.tail_from)
 
     def draw(self, n_steps: int) -> tuple[Sample, torch.Tensor]:
         """The samples of the next n_steps SGD steps: a set, and the rows of it each step takes (n_steps, b).
@@ -182,13 +264,23 @@ class Trainer:
         order = order.to(self.device)
         net, shift = self.net.as_pack(), self.W_shift[None]
         lam = torch.tensor([self.sched.lam], device=self.device)
+        eta = torch.tensor([self.sched.eta], device=self.device)
         G = torch.empty(n_steps, device=self.device)
         block, work = block_steps(1, cfg), {}
         for t0 in range(0, n_steps, block):
             rows = order[t0 : t0 + block]
             x, y = s.x[rows].unsqueeze(1), s.y[rows].unsqueeze(1)  # (block, 1, b, L, .)
             G[t0 : t0 + block] = sgd_steps(
-                net, shift, x, y, lam, [self.sched.eta], cfg.train.loss, self.supervised, work=work
+                net,
+                shift,
+                x,
+                y,
+                lam,
+                eta,
+                cfg.train.loss,
+                self.supervised,
+                tail=self.tail_cur[None],
+                work=work,
             )[:, 0]
         return G.sum().item() / (n_steps * cfg.train.batch)
 
@@ -197,25 +289,46 @@ class Trainer:
     def evaluate(self, sgd_obj: float, steps_per_s: float) -> dict[str, float]:
         cfg = self.cfg
         test = self.objective(self.test)
-        metrics: dict[str, float] = {"step": float(self.step), "test/risk": test, "opt": self.opt}
+        self._close_tail()
+        tail = self.objective(self.test, self.tail_average())
+        metrics: dict[str, float] = {"step": self.step, "test/risk": test, "opt": self.opt}
         if self.train_set is not None:
-            # a fixed subset of at most n_test training samples keeps evaluation cheap at large N
-            n = min(cfg.data.N, cfg.data.n_test)
-            metrics["train/risk"] = self.objective(
-                Sample(self.train_set.x[:n], self.train_set.y[:n], self.train_set.f[:n])
-            )
+            train = self._train_subset()
+            metrics["train/risk"] = self.objective(train)
+            metrics["train/baseline"] = self._constant_risk(train)
             metrics["gen/gap"] = test - metrics["train/risk"]
         metrics["train/sgd_obj"] = sgd_obj
         metrics["test/excess_risk"] = test - self.opt
         metrics["test/nrisk"] = test / self.zero_risk if self.zero_risk > 0 else math.nan
         metrics["test/risk_iter_avg"] = self._iterate_average(test)
-        if math.isfinite(test) and torch.isfinite(self.W_shift).all():
+        metrics["test/baseline"] = self.test_baseline
+        metrics["test/risk_tail"] = tail
+        room = self.test_baseline - self.opt  # what the best constant leaves to learn
+        metrics["test/rel_risk"] = (test - self.opt) / room if room > 0 else math.nan
+        metrics["test/rel_risk_tail"] = (tail - self.opt) / room if room > 0 else math.nan
+        metrics["sched/eta"], metrics["sched/lambda"] = self.sched.eta, self.sched.lam
+        metrics["sched/grad_sq"] = self.grad_sq
+        finite = math.isfinite(test) and bool(torch.isfinite(self.W_shift).all())
+        if finite:
             probe = self.test.x[: cfg.train.probe]
             metrics.update(diagnostics(self.net, self.W_shift, probe))
         else:  # a diverged state: keep every key of the metric table, as NaN
             metrics.update(dict.fromkeys(DIAGNOSTIC_KEYS, math.nan))
+        if cfg.data.task == "lags":
+            x = self.test.x[:LAG_PROBE]
+            r2 = (
+                lag_recovery(self.net, self.W_shift, self.sched.lam, self.teacher, x, cfg.data.eps_x)
+                if finite
+                else dict.fromkeys(cfg.data.lags, math.nan)
+            )
+            metrics.update({f"lags/r2_{g}": v for g, v in r2.items()})
         metrics["perf/steps_per_s"] = steps_per_s
         return metrics
+
+    def _train_subset(self) -> Sample:
+        """A fixed subset of at most n_test training samples: keeps evaluation cheap at large N."""
+        n = min(self.cfg.data.N, self.cfg.data.n_test)
+        return Sample(self.train_set.x[:n], self.train_set.y[:n], self.train_set.f[:n])
 
     def _iterate_average(self, test: float) -> float:
         """(1/t) sum_{s<t} risk(W_s) by the trapezoid rule on the evaluation grid (what Theorem 1 bounds)."""
@@ -229,15 +342,16 @@ class Trainer:
     def _verdict(self, metrics: dict[str, float]) -> str | None:
         """diverged / completed (plateau) / budget / None (go on)."""
         tr = self.cfg.train
-        key = "test/risk" if self.cfg.data.online else "train/risk"
-        now = metrics[key]
-        first = self.history[0][key] if self.history else now
+        key = "test" if self.cfg.data.online else "train"
+        now = metrics[f"{key}/risk"]
+        first = self.history[0][f"{key}/risk"] if self.history else now
         if not math.isfinite(now) or now > tr.diverge_factor * max(first, 1e-12):
             return "diverged"
-        if self.step >= tr.min_steps:
+        if self.step >= tr.min_steps and now < metrics[f"{key}/baseline"]:
             # plateau: the objective fell by less than plateau_tol over the last two doublings of steps (one
-            # doubling is too short: one-sample SGD here has slow phases between descents)
-            back = [h[key] for h in self.history if h["step"] <= self.step / 4]
+            # doubling is too short: one-sample SGD here has slow phases between descents). Above the
+            # constant baseline a flat stretch is the stall before learning starts, not an end.
+            back = [h[f"{key}/risk"] for h in self.history if h["step"] <= self.step / 4]
             if back and back[-1] - now < tr.plateau_tol * back[-1]:
                 return "completed"
         if self.step >= self.sched.T:
@@ -284,10 +398,11 @@ def sgd_steps(
     x: torch.Tensor,
     y: torch.Tensor,
     lam: torch.Tensor,
-    eta: list[float],
+    eta: torch.Tensor,
     loss: str,
     supervised: slice,
     mask: torch.Tensor | None = None,
+    tail: torch.Tensor | None = None,
     work: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """C one-sample (or b-sample) SGD steps of K networks at once (spec/PAPER.md §4):
@@ -295,16 +410,17 @@ def sgd_steps(
         W'_k <- W'_k - eta_k grad (1/b) sum_samples sum_{j in supervised} G(lam_k F_j(x; W_k + W'_k), y_j)
 
     net: a pack (RNN.stack / RNN.as_pack), W (K, m, m); W_shift (K, m, m), trained in place.
-    x (C, K, b, L, d_x + 1), y (C, K, b, L, d): the samples of each step. lam (K,) on the device, eta K floats
-    (equal values next to each other make fewer products). mask (|supervised|, K) bool: the positions that
-    count for each network, where they differ (a pack mixing long_range with other tasks); None: all.
-    work: a dict the caller keeps across calls, for buffers to be reused (fresh ones cost page faults).
-    Returns (C, K): each step's objective summed over its samples and positions.
+    x (C, K, b, L, d_x + 1), y (C, K, b, L, d): the samples of each step. lam, eta (K,) on the device.
+    mask (|supervised|, K) bool: the positions that count for each network, where they differ (a pack mixing
+    long_range with other tasks); None: all. tail (K, m, m): W' is added to it after every step (the tail
+    average's running sum). work: a dict the caller keeps across calls, for buffers to be reused (fresh ones
+    cost page faults). Returns (C, K): each step's objective summed over its samples and positions.
 
     Per step: one K m x m sum (W + W'), the L-step recurrence and its BPTT batched over K, and the update
-    fused into one product per run of equal eta, into buffers (and views of them) kept in `work`. Nothing
-    waits on the device. The bits of network k do not depend on the other networks of the pack (see
-    rnnsgd.model): a pack of K equals K packs of one.
+    fused into one product, into buffers (and views of them) kept in `work`; -eta_k rides on network k's
+    gradient from the start of BPTT (it is linear), so networks with different step sizes share one
+    product. Nothing waits on the device. The bits of network k do not depend on the other networks of the
+    pack (see rnnsgd.model): a pack of K equals K packs of one.
     """
     C, K, b, L, _ = x.shape
     m = W_shift.shape[-1]
@@ -329,9 +445,8 @@ def sgd_steps(
     Y = y[:, :, :, j].transpose(2, 3)  # (C, K, |j|, b, d), as z below
     lam_B = (lam.view(K, 1, 1) * net.B).mT  # (K, m, d): the loss sees lambda F_j = (lambda B) h_j
     d = net.d_out
-    # dLoss/dh_j = sum_s dG_s (lambda / b) B_s: the rows of (lambda / b) B, each (K, 1, m)
-    rows = ((lam / b).view(K, 1, 1) * net.B).unsqueeze(-3).unbind(-2)
-    neg_eta = -eta[0] if all(e == eta[0] for e in eta) else [-e for e in eta]
+    # -eta dLoss/dh_j = sum_s dG_s (-eta lambda / b) B_s: the rows of (-eta lambda / b) B, each (K, 1, m)
+    rows = ((-eta * lam / b).view(K, 1, 1) * net.B).unsqueeze(-3).unbind(-2)
     keep = None if mask is None else mask.T.reshape(K, -1, 1)  # (K, |j|, 1)
     W_total = buffer("W_total", K, m, m)
     g = buffer("g", L, K, b, m)  # B^T dy, position-major; 0 outside the supervised positions
@@ -353,7 +468,9 @@ def sgd_steps(
             g[j].addcmul_(dG[..., s : s + 1], rows[s])
         g[: j.start].zero_()
         g[j.stop :].zero_()
-        net.bptt(h, u, g, W_total, out=W_shift, alpha=neg_eta, mask=active, views=(g_views, active_views))
+        net.bptt(h, u, g, W_total, out=W_shift, mask=active, views=(g_views, active_views))
+        if tail is not None:
+            tail.add_(W_shift)
     return G_all.view(C, K, -1).sum(dim=-1)  # a new tensor: G_all is reused
 
 

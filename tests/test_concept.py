@@ -256,3 +256,32 @@ def test_loss_values():
     mask = torch.tensor([False, True, True])
     zz, yy = torch.ones(2, 3, 1, dtype=torch.float64), torch.zeros(2, 3, 1, dtype=torch.float64)
     assert torch.equal(concept.risk("l2", zz, yy, mask), torch.full((2,), 2.0, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_constant_baseline_known_answers(loss):
+    """The best constant per position on hand-made labels: known minimizers, and no constant does better."""
+    mask = torch.tensor([False, True, True])
+    if loss == "xent":  # soft labels over d = 2 classes: softmax(c) = the mean of softmax(y)
+        y = torch.tensor([[[0.0, 0.0], [0.0, 0.0], [2.0, 0.0]], [[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]]])
+        c = concept.constant_baseline(loss, y, mask)
+        torch.testing.assert_close(torch.softmax(c[1:], -1), torch.softmax(y[:, 1:].double(), -1).mean(0))
+    else:
+        # position 1: labels 0, 1, 5 (median 1, mean 2); position 2: 0, 0, 0.5 (d = 1)
+        y = torch.tensor([[0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 5.0, 0.5]]).unsqueeze(-1)
+        c = concept.constant_baseline(loss, y, mask)
+        expected = {"mse": [0, 2, 1 / 6], "l1": [0, 1, 0], "l2": [0, 1, 0], "huber": [0, 1, 1 / 6]}[loss]
+        torch.testing.assert_close(c[:, 0], torch.tensor(expected, dtype=torch.float64), atol=1e-9, rtol=0)
+    best = concept.risk(loss, c.expand(y.shape).double(), y.double(), mask).mean()
+    for shift in (1e-3, -1e-3):
+        worse = concept.risk(loss, (c + shift).expand(y.shape).double(), y.double(), mask).mean()
+        assert worse >= best - 1e-12
+
+
+def test_geometric_median_of_an_equilateral_triangle_is_its_centre():
+    """l2 with d = 2 is the geometric median (Weiszfeld): for an equilateral triangle, its centre."""
+    corners = torch.tensor([[0.0, 1.0], [math.sqrt(3) / 2, -0.5], [-math.sqrt(3) / 2, -0.5]]) + 3.0
+    y = torch.zeros(3, 3, 2)
+    y[:, 2] = corners
+    c = concept.constant_baseline("l2", y, torch.tensor([False, False, True]))
+    torch.testing.assert_close(c[2], torch.tensor([3.0, 3.0], dtype=torch.float64), atol=1e-6, rtol=0)

@@ -94,17 +94,17 @@ def test_eps_x_of_one_is_allowed():
 
 
 def test_practical_schedule():
-    """lambda = c_lambda eps / L; eta lambda^2 m = c_eta eps / L, the same at every width; T falls with eps
-    (or is train.T)."""
+    """lambda = c_lambda eps / L; eta = c_eta eps / (L grad_sq), so that eta grad_sq (a step's first-order
+    loss decrease) is c_eta eps / L; without the measurement there is no eta; T falls with eps (or is
+    train.T)."""
     base = {"data.L": 8, "train.eps": 0.05, "train.c_lambda": 2.0, "train.c_eta": 0.5}
-    steps = []
     for m in (64, 1024):
         cfg = TrialConfig.from_flat({**base, "model.m": m})
-        s = schedule(cfg)
+        assert schedule(cfg).eta is None
+        s = schedule(cfg, grad_sq=3.0)
         assert s.lam == pytest.approx(2.0 * 0.05 / 8)
-        steps.append(s.eta * s.lam**2 * m)
-        assert s.T >= 1
-    assert steps[0] == pytest.approx(steps[1]) == pytest.approx(0.5 * 0.05 / 8)
+        assert s.eta * 3.0 == pytest.approx(0.5 * 0.05 / 8)
+        assert s.T == schedule(cfg).T >= 1
     assert schedule(TrialConfig.from_flat({**base, "train.T": 123})).T == 123
     # T grows as eps shrinks, and with c_T
     loose, tight = (schedule(TrialConfig.from_flat({**base, "train.eps": e})).T for e in (0.1, 0.01))

@@ -205,7 +205,7 @@ def test_objective_gradient_for_every_loss(loss_name):
 @pytest.mark.parametrize("activation", ["relu", "linear"])
 def test_a_pack_computes_what_each_network_does(device, activation):
     """RNN.stack: states, forward and backward with a leading K axis equal those of each network alone
-    (float64, to rounding); a per-network alpha updates each network's slice with its own step."""
+    (float64, to rounding); a step size per network scales its dy, and so its slice of the update."""
     nets, xs, shifts = [], [], []
     for k in range(3):
         gen = torch.Generator().manual_seed(10 + k)
@@ -218,7 +218,7 @@ def test_a_pack_computes_what_each_network_does(device, activation):
     dy = torch.randn(3, 2, 5, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(device)
     alphas = [-0.5, -0.5, -0.25]
     acc = S.clone()
-    pack.backward(h, u, dy, S, out=acc, alpha=alphas)
+    pack.backward(h, u, torch.tensor(alphas, dtype=dy.dtype, device=device).view(3, 1, 1, 1) * dy, S, out=acc)
     F = pack.forward(x, S)
     for k, net in enumerate(nets):
         h_k, u_k = net.states(xs[k], shifts[k])
@@ -226,8 +226,6 @@ def test_a_pack_computes_what_each_network_does(device, activation):
         torch.testing.assert_close(F[k], net.forward(xs[k], shifts[k]), rtol=1e-12, atol=1e-12)
         grad = net.backward(h_k, u_k, dy[k], shifts[k])
         torch.testing.assert_close(acc[k], shifts[k] + alphas[k] * grad, rtol=1e-10, atol=1e-12)
-    with pytest.raises(ValueError, match="alpha"):
-        pack.backward(h, u, dy, S, out=S.clone(), alpha=[1.0, 2.0])
     with pytest.raises(ValueError, match="RNN.stack"):
         RNN.stack([nets[0], RNN(16, 3, 2, torch.Generator().manual_seed(0), dtype=torch.float64)])
     assert nets[0].as_pack().W.shape == (1, 8, 8) and nets[0].as_pack().W.data_ptr() == nets[0].W.data_ptr()
