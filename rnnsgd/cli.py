@@ -156,22 +156,47 @@ def _report_target(args: argparse.Namespace) -> tuple[str, str]:
         raise BadInput(str(e)) from None
 
 
+def analysis_options(args: argparse.Namespace) -> tuple[str, float, float]:
+    """(metric, level, min span) for `report` and `analyze SWEEP`, level and min span defaulting to the
+    analysis' own; BadInput names the option. A relative metric's level lies strictly between OPT (0) and
+    the best constant predictor (1); an absolute metric has no natural level, so it needs one."""
+    from rnnsgd.analysis.fits import DEFAULT_MIN_SPAN
+    from rnnsgd.analysis.thresholds import DEFAULT_LEVEL, DEFAULT_METRIC, is_relative
+
+    metric, level = args.metric, args.level
+    if is_relative(metric):
+        level = DEFAULT_LEVEL if level is None else level
+        if not 0 < level < 1:
+            raise BadInput(f"--level {level:g}: a relative metric ({metric}) takes a level in (0, 1), "
+                           "0 = OPT, 1 = the best constant predictor")  # fmt: skip
+    elif level is None:
+        raise BadInput(f"--level: required with the absolute metric {metric} (e.g. --level 0.1), "
+                       f"or choose a relative one such as {DEFAULT_METRIC}")  # fmt: skip
+    elif not (level > 0 and math.isfinite(level)):
+        raise BadInput(f"--level {level:g}: must be a finite number > 0 for the absolute metric {metric}")
+    min_span = DEFAULT_MIN_SPAN if args.min_span is None else args.min_span
+    if not (min_span > 1 and math.isfinite(min_span)):
+        raise BadInput(f"--min-span {min_span:g}: must be a finite ratio > 1 (largest L / smallest L)")
+    if args.n_boot < 0:
+        raise BadInput(f"--n-boot: must be >= 0, got {args.n_boot}")
+    return metric, level, min_span
+
+
 def _build_report(args: argparse.Namespace, name: str, uri: str, out: Path):
     from rnnsgd.analysis import report
     from rnnsgd.analysis.load import NoSuchSweep
 
-    if args.level is not None and args.level <= 0:
-        raise BadInput(f"--level: must be > 0, got {args.level}")
-    if args.n_boot < 0:
-        raise BadInput(f"--n-boot: must be >= 0, got {args.n_boot}")
+    metric, level, min_span = analysis_options(args)
     from rnnsgd.sweep.tracking import store_exists
 
     if not store_exists(uri):  # reading must not create an empty store
         raise BadInput(f"sweep {name!r}: no tracking store at {uri}")
     try:
-        return report.build(name, uri, out, y=args.metric, level=args.level, n_boot=args.n_boot)
+        return report.build(name, uri, out, metric, level, args.n_boot, min_span)
     except NoSuchSweep as e:
         raise BadInput(str(e)) from None
+    except report.UnknownMetric as e:
+        raise BadInput(f"--metric {e}") from None
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -193,14 +218,59 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _number_list(text: str, kind: type, option: str, least: float) -> list:
+    """'4,8,16' -> [4, 8, 16] for a --validate list option; each value finite and >= least."""
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise BadInput(f"{option}: expected comma-separated {kind.__name__}s, got {text!r}") from None
+    if not values:
+        raise BadInput(f"{option}: empty list")
+    bad = [v for v in values if not (math.isfinite(v) and v >= least)]
+    if bad:
+        raise BadInput(f"{option}: every value must be >= {least:g}, got {bad[0]}")
+    return values
+
+
+def _validation_noise(args: argparse.Namespace) -> dict:
+    """--noise-from: the noise E0 simulates, measured on a real sweep's finished runs (estimate_noise)."""
+    from rnnsgd.analysis.load import NoSuchSweep, load_runs
+    from rnnsgd.analysis.validate import estimate_noise
+    from rnnsgd.sweep.tracking import store_exists
+
+    metric, level, _ = analysis_options(args)
+    name, uri = _report_target(argparse.Namespace(**{**vars(args), "sweep": args.noise_from}))
+    if not store_exists(uri):
+        raise BadInput(f"--noise-from: sweep {name!r}: no tracking store at {uri}")
+    try:
+        runs = load_runs(name, uri)
+    except NoSuchSweep as e:
+        raise BadInput(f"--noise-from: {e}") from None
+    done = runs[runs["status"] == "FINISHED"]
+    if done.empty or metric not in done:
+        why = "no FINISHED runs" if done.empty else f"no run logged {metric}"
+        raise BadInput(f"--noise-from: sweep {name!r}: {why}")
+    try:
+        return estimate_noise(done, metric, level)
+    except ValueError as e:
+        raise BadInput(f"--noise-from: sweep {name!r}: {e}") from None
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     if args.validate:
-        from rnnsgd.analysis.validate import run_validation
+        from rnnsgd.analysis.validate import span_study, span_text
 
+        spans = _number_list(args.spans, float, "--spans", 2)  # a fit needs >= 3 values of L
+        seeds = _number_list(args.seeds, int, "--seeds", 1)
         if args.replicates < 1:
             raise BadInput(f"--replicates: must be >= 1, got {args.replicates}")
-        _, text = run_validation(n_replicates=args.replicates, seed=args.seed, n_boot=args.n_boot)
-        print(text)
+        if args.n_boot < 1:
+            raise BadInput(f"--n-boot: the verdict needs the bootstrap (>= 1), got {args.n_boot}")
+        noise = _validation_noise(args) if args.noise_from else None
+        if noise:
+            print(f"noise measured on {args.noise_from} (validate.estimate_noise)")
+        table = span_study(spans, seeds, args.replicates, args.seed, noise=noise, n_boot=args.n_boot)
+        print(span_text(table))
         return 0
     if not args.sweep:
         raise BadInput("give a sweep (file or name), or --validate for the E0 check of the pipeline")
@@ -257,9 +327,23 @@ def build_parser() -> argparse.ArgumentParser:
     def analysis_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--variant", help="which of the file's variants")
         p.add_argument("--tracking-uri", help="MLflow tracking URI (as for `rnnsgd sweep`)")
-        p.add_argument("--metric", default="test/excess_risk", help="risk thresholded for N* and T*")
         p.add_argument(
-            "--level", type=float, help="threshold (default: the sweep's train.eps when it has one)"
+            "--metric",
+            help="metric thresholded for N* and T* (default: the tail-averaged "
+            "baseline-relative excess risk; test/excess_risk for absolute levels)",
+        )
+        p.add_argument(
+            "--level",
+            type=float,
+            help="threshold on the metric (default for a relative metric: "
+            "halfway from the best constant predictor to OPT; an "
+            "absolute metric needs one)",
+        )
+        p.add_argument(
+            "--min-span",
+            type=float,
+            help="least largest/smallest L ratio for a verdict on the "
+            "law (default: the one the E0 study supports)",
         )
         p.add_argument("--n-boot", type=int, default=2000, help="hierarchical bootstrap replicates")
 
@@ -277,9 +361,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "sweep", nargs="?", metavar="FILE|NAME", help="sweep file, or the name of a sweep that has run"
     )
-    p.add_argument("--validate", action="store_true", help="E0: recover known laws from synthetic sweeps")
-    p.add_argument("--replicates", type=int, default=100, help="synthetic sweeps per law (--validate)")
+    p.add_argument(
+        "--validate",
+        action="store_true",
+        help="E0: right verdicts on synthetic sweeps of known laws against the span of L and the seeds, and "
+        "the smallest span reaching 95%% (spans x seeds x 3 laws x --replicates fits, 1080 by default: "
+        "~0.1 s each at --n-boot 200, ~0.35 s at 2000)",
+    )
+    p.add_argument("--replicates", type=int, default=40, help="synthetic sweeps per cell (--validate)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic sweeps (--validate)")
+    p.add_argument("--spans", default="4,8,16", help="L_max / L_min of the L grids, each >= 2 (--validate)")
+    p.add_argument("--seeds", default="1,3,5", help="run seeds per teacher, 3 teachers (--validate)")
+    p.add_argument(
+        "--noise-from",
+        metavar="FILE|NAME",
+        help="simulate the noise measured on this sweep's runs (--validate; default: validate.DEFAULT_NOISE)",
+    )
     analysis_args(p)
     p.set_defaults(func=cmd_analyze)
     return parser
@@ -288,6 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "metric", "") is None:  # report, analyze: imported here, not for every command
+        from rnnsgd.analysis.thresholds import DEFAULT_METRIC
+
+        args.metric = DEFAULT_METRIC
     try:
         return args.func(args)
     except BadInput as e:

@@ -63,3 +63,22 @@ def assert_one_finished_per_point(uri: str, name: str, point_ids: list[str]) -> 
         assert statuses == ["FINISHED"], f"point {pid}: {statuses}"
         assert rs[0].data.tags["mlflow.parentRunId"] == parents[0].info.run_id
     return {pid: rs[0] for pid, rs in runs.items()}
+
+
+def log_points(uri: str, sweep: str, rows) -> None:
+    """Write each row of a frame into a real MLflow store as one finished point run of `sweep`, as the sweep
+    layer does: TrialConfig keys as params, keys with a "/" as metrics (at step 1), `outcome` as a tag."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    from rnnsgd.config import FLAT_KEYS
+
+    c = client(uri)
+    exp = c.get_experiment_by_name(sweep)
+    exp_id = exp.experiment_id if exp else c.create_experiment(sweep)
+    for i, row in enumerate(rows.to_dict(orient="records")):
+        tags = {"sweep": sweep, "point_id": f"p{i}", "outcome": str(row.get("outcome", "completed"))}
+        run_id = c.create_run(exp_id, tags=tags).info.run_id
+        params = [Param(k, str(v)) for k, v in row.items() if k in FLAT_KEYS]
+        metrics = [Metric(k, float(v), 0, 1) for k, v in row.items() if "/" in k and k not in FLAT_KEYS]
+        c.log_batch(run_id, metrics=metrics, params=params, tags=[RunTag("rnnsgd.role", "trial")])
+        c.set_terminated(run_id, "FINISHED")

@@ -58,6 +58,7 @@ VERDICT_RULE = (
     "without the bootstrap."
 )
 SUPERPOLY_ALPHA = 0.01
+DEFAULT_MIN_SPAN = 16.0  # largest / smallest x a law verdict needs (the E0 study sets it)
 
 
 @dataclass
@@ -336,7 +337,7 @@ def select_scaling_law(
     n_starts: int = 128,
     holdout: int | None = None,
     censoring: str = "interval",
-    min_span: float = 16.0,
+    min_span: float = DEFAULT_MIN_SPAN,
     p_win: float = 0.95,
     seed: int | np.random.Generator | None = 0,
 ) -> pd.DataFrame:

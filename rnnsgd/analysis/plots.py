@@ -60,8 +60,8 @@ def learning_curves(
 def threshold_scaling(
     thr: pd.DataFrame, table: pd.DataFrame | None, x: str = "data.L", what: str = "N*"
 ) -> plt.Figure:
-    """N*(L) per seed with its bracket (censored ones as arrows), on log-log and log-linear axes, with the
-    fitted laws of `table` (select_scaling_law's rows) overlaid."""
+    """N*(L) per seed with its bracket (censored ones as arrows; hollow where the run ran out of steps), on
+    log-log and log-linear axes, with the fitted laws of `table` (select_scaling_law's rows) overlaid."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     xs = thr[x].to_numpy(float)
     grid = np.linspace(xs.min(), xs.max() * 1.05, 200)
@@ -78,7 +78,12 @@ def threshold_scaling(
             label=f"{what} per seed (bracket)",
         )
         right = thr[thr["censor"] == "right"]
-        ax.plot(right[x], right["lo"], "^", color="C3", ms=6, label="never crossed (right-censored)")
+        budget = right["reason"] == "budget" if "reason" in right else np.zeros(len(right), bool)
+        ax.plot(right[x][~budget], right["lo"][~budget], "^", color="C3", ms=6, label="never crossed")
+        if budget.any():  # ran out of steps still improving: a bound on the budget, not on the samples
+            ax.plot(
+                right[x][budget], right["lo"][budget], "^", color="C3", mfc="none", ms=6, label="out of steps"
+            )
         left = thr[thr["censor"] == "left"]
         ax.plot(left[x], left["hi"], "v", color="C2", ms=6, label="below at smallest (left-censored)")
         if table is not None:

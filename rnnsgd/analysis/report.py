@@ -1,15 +1,26 @@
 """`rnnsgd report SWEEP`: the sweep's grid, figures, fit tables and one plain verdict per claim (C1-C6).
 
-Every verdict comes with its evidence and its uncertainty, or with "insufficient data" and what is missing:
-the report never turns a failed fit into a number. Written as Markdown and as a self-contained HTML page
-(figures inlined), and logged as artifacts on the sweep's parent run.
+The claims are those of Allen-Zhu & Li 2019 (arXiv 1902.01028) that the experiments test: samples (C1) and
+iterations (C3) polynomial in L and the width entering only through log m (C2), as its main theorem states;
+SGD staying near its initialization (C4) and not needing a spectral radius below 1 (C5), as its proof does;
+one recurrent unit learning every (i -> j) token pair (C6), as its concept class asks.
+
+Every verdict comes with its evidence, its uncertainty and the threshold it read, in words. Where there is no
+answer the report says why in terms of the runs: a task not learned (under-fitting, budget, divergence), a
+grid limited by its step budget (an answer about iterations, not samples), a claim this sweep does not target.
+Controls (parity, unscaled inputs, another init variance, a linear network) get verdicts of their own against
+the main task. Written as Markdown and as a self-contained HTML page (figures inlined), and logged as
+artifacts on the sweep's parent run.
 """
 
 from __future__ import annotations
 
 import base64
+import difflib
 import html
 import math
+import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,9 +28,18 @@ import numpy as np
 import pandas as pd
 
 from . import plots
-from .fits import select_scaling_law, tost_flat_slope
+from .bootstrap import percentile_ci
+from .fits import DEFAULT_MIN_SPAN, select_scaling_law, tost_flat_slope
 from .load import load_history, load_runs
-from .thresholds import threshold
+from .thresholds import (
+    DEFAULT_LEVEL,
+    DEFAULT_METRIC,
+    DEFAULT_UNIT,
+    RELATIVE_CAVEAT,
+    censoring_summary,
+    is_relative,
+    threshold,
+)
 
 AXES = (
     "data.L",
@@ -30,19 +50,72 @@ AXES = (
     "model.w_var",
     "model.activation",
     "data.task",
+    "data.lags",
 )
-# E4's predicted slopes of the proof quantities against m (spec/PAPER.md §5)
+CLAIMS = ("C1", "C2", "C3", "C4", "C5", "C6")
+TEXTS = {
+    "C1": "Samples needed grow polynomially in L (N*(L): power law beats exponential).",
+    "C2": "Samples needed depend on the width m only through log m (N*(m) flat: TOST on the log-log slope).",
+    "C3": "Iterations needed grow polynomially in L (T*(L) in the online regime).",
+    "C4": "SGD stays near init: sqrt(m)·||W_t||_F bounded in m; sign-flip fraction and linearization error "
+    "fall with m.",
+    "C5": "None of this needs spectral radius < 1 (it is ~ sqrt 2 at init).",
+    "C6": "One recurrent unit learns a different function for every (i -> j) pair without interference.",
+}
+# C4's predicted slopes of the proof quantities against m (the paper's proof couples SGD to the network's
+# linearization around its random init)
 MECHANISM = {"w/move_fro": 0.0, "act/flip_frac": -1 / 3, "lin/rel_err": -1 / 6, "h/drift": None}
+FIT_COLUMNS = (
+    "law", "converged", "loglik", "aicc", "delta_aicc", "akaike_weight", "bic", "p_win", "a", "k", "k_lo",
+    "k_hi", "c", "c_lo", "c_hi", "theta", "extrap_rmse", "note",
+)  # fmt: skip
+METRIC_WORDS = {
+    "test/rel_risk_tail": "tail-averaged baseline-relative excess risk",
+    "test/rel_risk": "baseline-relative excess risk of the last iterate",
+    "test/risk_tail": "tail-averaged test risk",
+    "test/risk": "test risk of the last iterate",
+    "test/excess_risk": "absolute excess test risk",
+    "test/nrisk": "normalized test risk",
+}
+
+# The main task tests the concept class as the paper sets it up; any run off it on one of these is a control.
+MAIN = {
+    "data.task": lambda v: v in ("paper", "long_range", "lags"),
+    "data.eps_x": lambda v: v < 1,
+    "model.w_var": lambda v: v == 2,
+    "model.activation": lambda v: v == "relu",
+}
+NEEDS = {
+    "C1": "offline runs at >= 3 values of data.L and >= 2 of data.N",
+    "C2": "offline runs at >= 2 values of model.m and >= 2 of data.N",
+    "C3": "online runs (data.online=true) at >= 3 values of data.L",
+    "C4": ">= 2 values of model.m",
+    "C5": ">= 2 values of model.w_var or model.activation",
+    "C6": "runs of task lags",
+}
+# below these, a run counts as near its init (few ReLU sign flips, a network close to its linearization)
+NEAR_INIT = {"act/flip_frac": 0.05, "lin/rel_err": 0.1}
+UNDERFIT = 0.8  # median relative train risk at or above this: train ~ test ~ the best constant
+# a control whose median threshold is within this factor of the main task's at every L learned alike
+ALIKE_RATIO = 2.0
+# the largest drop of a lag's recovery R^2 from alone to together that still counts as no interference
+C6_TOL = 0.1
+
+
+class UnknownMetric(ValueError):
+    """The metric asked for is not one the sweep's runs logged."""
 
 
 @dataclass
 class Claim:
     id: str
     text: str
-    verdict: str  # a plain word: supported, not supported, polynomial, ..., or "insufficient data"
+    verdict: str  # a plain word: supported, polynomial, not learned: ..., "insufficient data", "not targeted"
     evidence: str
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
+    criterion: str = ""  # the threshold the verdict read, in words
+    targeted: bool = True
 
 
 @dataclass
@@ -52,10 +125,50 @@ class Report:
     grid: pd.DataFrame
     claims: list[Claim]
     figures: dict[str, list[Path]]
+    metric: str = DEFAULT_METRIC
+    level: float = DEFAULT_LEVEL
+
+
+def criterion(what: str, y: str, level: float) -> str:
+    """The threshold in words, e.g. "N* = smallest N whose tail-averaged baseline-relative excess risk
+    (test/rel_risk_tail) is <= 0.5"."""
+    words = f"{METRIC_WORDS[y]} ({y})" if y in METRIC_WORDS else y
+    if what == "T*":
+        return f"T* = first SGD step at which the {words} is <= {level:g}"
+    return f"N* = smallest N whose {words} is <= {level:g}"
+
+
+def check_metric(runs: pd.DataFrame, y: str) -> None:
+    """Raise UnknownMetric, with the close matches, when no run logged y."""
+    known = sorted(c for c in runs.columns if "/" in c and pd.api.types.is_numeric_dtype(runs[c]))
+    if y not in known:
+        close = difflib.get_close_matches(y, known, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise UnknownMetric(f"{y}: unknown metric; {hint}(known: {', '.join(known)})")
 
 
 def _varying(runs: pd.DataFrame, key: str) -> list:
     return sorted(runs[key].unique()) if key in runs else []
+
+
+def targets(runs: pd.DataFrame) -> dict[str, str]:
+    """Per claim, "" when the sweep's grid targets it, else what a sweep needs to target it."""
+
+    def n(df: pd.DataFrame, key: str) -> int:
+        return df[key].nunique() if key in df else 0
+
+    online = runs["data.online"].astype(bool)
+    off, on = runs[~online], runs[online]
+    task = runs["data.task"] if "data.task" in runs else pd.Series(dtype=object)
+    ok = {
+        "C1": n(off, "data.L") >= 3 and n(off, "data.N") >= 2,
+        "C2": n(off, "model.m") >= 2 and n(off, "data.N") >= 2,
+        "C3": n(on, "data.L") >= 3,
+        "C4": n(runs, "model.m") >= 2,
+        "C5": n(runs, "model.w_var") >= 2 or n(runs, "model.activation") >= 2,
+        "C6": bool((task == "lags").any()),
+    }
+    return {c: "" if ok[c] else f"needs {NEEDS[c]}" for c in CLAIMS}
 
 
 def grid_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -63,7 +176,7 @@ def grid_table(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for key in AXES:
         for v in _varying(runs, key) if len(_varying(runs, key)) > 1 else []:
-            sub = runs[runs[key] == v]
+            sub = runs[[w == v for w in runs[key]]]  # not runs[key] == v: data.lags values are tuples
             rows.append(
                 {
                     "axis": key,
@@ -76,60 +189,12 @@ def grid_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _fit_claim(
-    cid: str,
-    text: str,
-    runs: pd.DataFrame,
-    x: str,
-    y: str,
-    level: float,
-    curve_x: str,
-    n_boot: int,
-    figures: dict,
-    out: Path,
-    what: str,
-) -> Claim:
-    """C1 and C3: threshold per seed, fit the laws, plot, and state the verdict or what is missing."""
-    try:
-        table = select_scaling_law(runs, x=x, y=y, level=level, curve_x=curve_x, n_boot=n_boot)
-    except ValueError as e:
-        return Claim(cid, text, "insufficient data", str(e))
-    thr = threshold(runs, x=curve_x, y=y, level=level, by=(x,), unit=("seed.teacher", "seed.run"))
-    name = f"{cid.lower()}_scaling"
-    figures[name] = plots.save(plots.threshold_scaling(thr, table, x=x, what=what), out, name)
-    a = table.attrs
-    evidence = (
-        f"{what} at level {level:g} of {y}: {int((thr['censor'] == 'none').sum())} crossings, "
-        f"{int((thr['censor'] == 'left').sum())} left- and {int((thr['censor'] == 'right').sum())} "
-        f"right-censored (kept in the likelihood). {a.get('verdict_reason', '')}"
-    )
-    cols = [
-        c
-        for c in (
-            "law",
-            "converged",
-            "loglik",
-            "aicc",
-            "delta_aicc",
-            "akaike_weight",
-            "bic",
-            "p_win",
-            "a",
-            "k",
-            "k_lo",
-            "k_hi",
-            "c",
-            "c_lo",
-            "c_hi",
-            "theta",
-            "extrap_rmse",
-            "note",
-        )
-        if c in table
-    ]
-    return Claim(
-        cid, text, a.get("verdict", "inconclusive"), evidence, [(f"{what} fits", table[cols])], [name]
-    )
+def classify(runs: pd.DataFrame) -> pd.Series:
+    """Per run: "main" when it tests the class as the paper sets it (a task of the class, scaled inputs
+    eps_x < 1, init variance 2, ReLU), else the control it is, named by what differs ("data.task=parity")."""
+    off = [(k, ~runs[k].map(ok).astype(bool)) for k, ok in MAIN.items() if k in runs]
+    labels = [", ".join(f"{k}={runs.at[i, k]}" for k, bad in off if bad[i]) for i in runs.index]
+    return pd.Series([lab or "main" for lab in labels], index=runs.index, dtype=object)
 
 
 def _groups(runs: pd.DataFrame, keep: tuple[str, ...]) -> list[tuple[str, pd.DataFrame]]:
@@ -144,44 +209,259 @@ def _groups(runs: pd.DataFrame, keep: tuple[str, ...]) -> list[tuple[str, pd.Dat
     return out
 
 
-def _main_group(groups: list[tuple[str, pd.DataFrame]]) -> int:
-    """The group that tests the class itself (task `paper`, scaled inputs); the others are controls."""
-    for i, (_, sub) in enumerate(groups):
-        if (sub["data.task"] == "paper").all() and (sub["data.eps_x"] < 1).all():
-            return i
-    return 0
+@dataclass
+class GroupFit:
+    """One group's thresholds (None where none exist) and law fits (None where no fit exists); error says
+    why not."""
+
+    runs: pd.DataFrame
+    thr: pd.DataFrame | None
+    table: pd.DataFrame | None
+    error: str
 
 
-def claim_c1(runs, y, level, n_boot, figures, out) -> Claim:
-    text = "Samples needed grow polynomially in L (N*(L): power law beats exponential)."
-    if len(_varying(runs, "data.L")) < 3 or len(_varying(runs, "data.N")) < 2:
-        return Claim(
-            "C1", text, "insufficient data", "needs >= 3 values of data.L and >= 2 of data.N in the sweep"
+def fit_group(
+    runs: pd.DataFrame, curve_x: str, y: str, level: float, n_boot: int, min_span: float
+) -> GroupFit:
+    """Thresholds per unit along curve_x at each L, then the scaling laws of the thresholds in L."""
+    try:
+        thr = threshold(runs, x=curve_x, y=y, level=level, by=("data.L",), unit=DEFAULT_UNIT)
+    except ValueError as e:
+        return GroupFit(runs, None, None, str(e))
+    try:
+        table = select_scaling_law(thr, x="data.L", n_boot=n_boot, min_span=min_span)
+    except ValueError as e:
+        return GroupFit(runs, thr, None, str(e))
+    return GroupFit(runs, thr, table, "")
+
+
+def _relative_risk(runs: pd.DataFrame) -> tuple[pd.Series, str] | None:
+    """The final baseline-relative risk on the training set (offline), else on the test set; None if neither
+    was logged."""
+    if {"train/risk", "train/baseline", "opt"} <= set(runs.columns):
+        rel = (runs["train/risk"] - runs["opt"]) / (runs["train/baseline"] - runs["opt"])
+        if rel.notna().any():
+            return rel, "train"
+    if "test/rel_risk" in runs:
+        return runs["test/rel_risk"], "test"
+    return None
+
+
+def diagnose(runs: pd.DataFrame) -> tuple[str, str]:
+    """(verdict, why) for a task learned at no grid point: divergence, budget or under-fitting, from the runs'
+    outcomes and final risks. An unlearned task is an answer about the setup, not "insufficient data"."""
+    outcome = runs["outcome"] if "outcome" in runs else pd.Series("", index=runs.index)
+    share = outcome.value_counts(normalize=True)
+    if share.get("diverged", 0) > 0.5:
+        return (
+            "not learned: divergence",
+            f"{share['diverged']:.0%} of its runs diverged (lower the step size)",
         )
+    if share.get("budget", 0) > 0.5:
+        return "not learned: budget", (
+            f"{share['budget']:.0%} of its runs ran out of steps while still improving (raise the step "
+            "budget): the answer would be about iterations, not samples"
+        )
+    rel = _relative_risk(runs[outcome != "diverged"])
+    if rel is None or rel[0].notna().sum() == 0:
+        return "not learned", "no relative train or test risk was logged to say why"
+    med, where = float(rel[0].median()), rel[1]
+    if med >= UNDERFIT:
+        return "not learned: under-fitting", (
+            f"median final {where} relative risk {med:.2f} >= {UNDERFIT:g}: train ~ test ~ the best constant "
+            "predictor (the network fits no better than a constant: more steps or width, not more samples)"
+        )
+    if where == "train":
+        why = f"median final train relative risk {med:.2f}: it fits its training set but does not generalize"
+    else:
+        why = f"median final test relative risk {med:.2f}: it learned part of the task, not down to the level"
+    return "not learned", why
+
+
+def _reason_counts(thr: pd.DataFrame) -> str:
+    c = thr["censor"].value_counts()
+    r = thr.loc[thr["censor"] == "right", "reason"].value_counts()
+    why = ", ".join(f"{k} {n}" for k, n in r.items())
+    return (
+        f"{c.get('none', 0)} crossings, {c.get('left', 0)} left- and {c.get('right', 0)} right-censored"
+        + (f" ({why})" if why else "")
+    )
+
+
+def budget_limited(thr: pd.DataFrame) -> bool:
+    """Budget-censored units are most of the right-censored ones, or most units of some L are: the grid
+    measures the step budget, not the samples."""
+    right = int((thr["censor"] == "right").sum())
+    budget = int((thr["reason"] == "budget").sum())
+    return budget > right / 2 or bool(censoring_summary(thr, by=("data.L",))["budget_limited"].any())
+
+
+def main_verdict(g: GroupFit, what: str) -> tuple[str, str, list[tuple[str, pd.DataFrame]]]:
+    """(verdict, evidence, tables) of the main task: its diagnosis if it learned nowhere, "undecided:
+    budget-limited" if its grid ran out of steps, else the law the fits select."""
+    if g.thr is None:
+        return "insufficient data", g.error, []
+    thr = g.thr
+    counts = _reason_counts(thr)
+    censoring = ("censoring by L", censoring_summary(thr, by=("data.L",)))
+    if (thr["censor"] == "right").all():
+        verdict, why = diagnose(g.runs)
+        return verdict, f"{what} reached by no unit at any L ({counts}): {why}.", [censoring]
+    if budget_limited(thr):
+        cells = censoring[1].loc[censoring[1]["budget_limited"], "data.L"].tolist()
+        why = f"{counts}. Units ran out of steps while still improving" + (
+            f" (most of the units at L = {', '.join(f'{v:g}' for v in cells)})" if cells else ""
+        )
+        fix = "raise the step budget (train.T or train.c_T) there and rerun"
+        return (
+            "undecided: budget-limited",
+            f"{why}: the answer would be about iterations, not samples; {fix}.",
+            [censoring],
+        )
+    counts += ", all kept in the likelihood"
+    if g.table is None:
+        return "insufficient data", f"{counts}. {g.error}", [censoring]
+    cols = [c for c in FIT_COLUMNS if c in g.table]
+    a = g.table.attrs
+    return (
+        a.get("verdict", "inconclusive"),
+        f"{counts}. {a.get('verdict_reason', '')}",
+        [
+            (f"{what} fits", g.table[cols]),
+            censoring,
+        ],
+    )
+
+
+def _median_threshold(thr: pd.DataFrame) -> pd.Series:
+    """Median threshold per L, a censored unit at its bracket's end (+inf when never reached)."""
+    point = np.where(
+        thr["censor"] == "none", thr["x_star"], np.where(thr["censor"] == "left", thr["hi"], np.inf)
+    )
+    return pd.Series(point, index=thr.index).groupby(thr["data.L"]).agg(lambda v: float(np.median(v)))
+
+
+def _power_k(table: pd.DataFrame | None) -> tuple[float, float, float] | None:
+    """The power law's exponent k with its bootstrap CI, when it converged and has one."""
+    if table is None:
+        return None
+    row = table[(table["law"] == "power") & table["converged"]]
+    if row.empty or not np.isfinite(row[["k", "k_lo", "k_hi"]].to_numpy(float)).all():
+        return None
+    return float(row["k"].iloc[0]), float(row["k_lo"].iloc[0]), float(row["k_hi"].iloc[0])
+
+
+def control_verdict(main: GroupFit, control: GroupFit, grid: str = "N") -> tuple[str, str, pd.DataFrame]:
+    """(verdict, line, table) for a control against the main task; table: median threshold of each per
+    common L and their ratio. The prediction is that a control is harder: "as predicted" when it is learned
+    at no point of the grid, when its power-law k lies above the main task's (disjoint CIs), or when it is
+    not learned at the largest common L where the main task is; "NOT as predicted" when its k lies below, or
+    its median threshold is within a factor ALIKE_RATIO of the main task's at every common L; else
+    "inconclusive"."""
+    if control.thr is None:
+        return "inconclusive", f"no thresholds: {control.error}", pd.DataFrame()
+    if (control.thr["censor"] == "right").all():
+        return "as predicted", f"control not learned at any {grid}, as predicted", pd.DataFrame()
+    if main.thr is None:
+        return "inconclusive", "the main task has no thresholds to compare with", pd.DataFrame()
+    m, c = _median_threshold(main.thr), _median_threshold(control.thr)
+    common = m.index.intersection(c.index)
+    table = pd.DataFrame({"data.L": common, "main": m[common].to_numpy(), "control": c[common].to_numpy()})
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table["ratio"] = table["control"] / table["main"]
+    ratios = "median ratio control/main per L: " + ", ".join(
+        f"{L:g}: {r:.3g}" for L, r in zip(table["data.L"], table["ratio"], strict=True)
+    )
+    km, kc = _power_k(main.table), _power_k(control.table)
+    slopes = ""
+    if km and kc:
+        slopes = f" (k {kc[0]:.2g} [{kc[1]:.2g}, {kc[2]:.2g}] vs {km[0]:.2g} [{km[1]:.2g}, {km[2]:.2g}])"
+    last = table.iloc[-1] if len(table) else None
+    alike = len(table) > 0 and table["ratio"].between(1 / ALIKE_RATIO, ALIKE_RATIO).all()
+    if km and kc and kc[1] > km[2]:
+        verdict, line = "as predicted", f"control's threshold grows faster than the main task's{slopes}"
+    elif last is not None and np.isinf(last["control"]) and np.isfinite(last["main"]):
+        verdict, line = (
+            "as predicted",
+            f"control not learned at L = {last['data.L']:g} where the main task is",
+        )
+    elif km and kc and kc[2] < km[1]:
+        verdict, line = "NOT as predicted", f"control's threshold grows slower than the main task's{slopes}"
+    elif alike:
+        verdict, line = "NOT as predicted", f"control learned like the main task: NOT as predicted{slopes}"
+    else:
+        verdict, line = (
+            "inconclusive",
+            f"control learned on part of the grid, neither clearly harder nor alike{slopes}",
+        )
+    return verdict, f"{line}; {ratios}", table
+
+
+def _scaling_claim(
+    cid: str,
+    groups: list[tuple[str, pd.DataFrame]],
+    curve_x: str,
+    y: str,
+    level: float,
+    n_boot: int,
+    min_span: float,
+    figures: dict,
+    out: Path,
+    what: str,
+) -> Claim:
+    """C1 and C3: thresholds and law fits per group; the verdict is the main task's, each control gets a
+    line of its own (control_verdict), other main groups are listed with theirs."""
+    grid = "N" if what == "N*" else "step"
+    crit = criterion(what, y, level)
+    kinds = [classify(sub.iloc[:1]).iloc[0] for _, sub in groups]
+    mains = [i for i, k in enumerate(kinds) if k == "main"]
+    if not mains:
+        why = f"only controls in this sweep ({', '.join(kinds)}): no main task to test"
+        return Claim(cid, TEXTS[cid], "insufficient data", why, criterion=crit)
+    fitted = [fit_group(sub, curve_x, y, level, n_boot, min_span) for _, sub in groups]
+    i = mains[0]
+    main = fitted[i]
+    verdict, evidence, tables = main_verdict(main, what)
+    lines, names = [], []
+    for j, ((label, _), g) in enumerate(zip(groups, fitted, strict=True)):
+        if g.thr is not None:
+            name = f"{cid.lower()}_scaling" + ("" if j == i else f"_{j}")
+            fig = plots.threshold_scaling(g.thr, g.table, x="data.L", what=what)
+            figures[name] = plots.save(fig, out, name)
+            names.append(name)
+        if j == i:
+            continue
+        if kinds[j] == "main":
+            lines.append(f"Main task {label}: {main_verdict(g, what)[0]}.")
+            continue
+        cv, line, table = control_verdict(main, g, grid)
+        who = label if label == kinds[j] else f"{label} ({kinds[j]})"
+        lines.append(f"Control {who}: {cv}: {line}.")
+        if len(table):
+            tables.append((f"control {label}: median {what} against the main task's", table))
+    where = f"Main task{' ' + groups[i][0] if groups[i][0] else ''}: "
+    evidence = where + evidence.strip() + ("" if evidence.strip().endswith(".") else ".")
+    return Claim(cid, TEXTS[cid], verdict, "\n\n".join([evidence, *lines]), tables, names, crit)
+
+
+def claim_c1(runs, y, level, n_boot, figures, out, min_span: float = DEFAULT_MIN_SPAN) -> Claim:
+    """N*(L) at the sweep's largest width, offline (thresholds along N, laws in L)."""
+    if len(_varying(runs, "data.L")) < 3 or len(_varying(runs, "data.N")) < 2:
+        return Claim("C1", TEXTS["C1"], "insufficient data", "needs >= 3 values of data.L and >= 2 of data.N")
     offline = runs[~runs["data.online"]]
     widest = offline[offline["model.m"] == offline["model.m"].max()]  # E1 reads N*(L) at its largest width
-    width = f"At m = {widest['model.m'].iloc[0]}"
     groups = _groups(widest, keep=("data.L", "data.N", "model.m"))
-    claims = []
-    for i, (_, sub) in enumerate(groups):
-        cid = "C1" if len(groups) == 1 else f"C1_{i}"
-        claims.append(_fit_claim(cid, text, sub, "data.L", y, level, "data.N", n_boot, figures, out, "N*"))
-    if len(groups) == 1:
-        claims[0].evidence = f"{width}: {claims[0].evidence}"
-        return claims[0]
-    main = _main_group(groups)
-    every = "; ".join(f"{label}: {c.verdict}" for (label, _), c in zip(groups, claims, strict=True))
-    tables = [
-        (f"{t} ({label})", df) for (label, _), c in zip(groups, claims, strict=True) for t, df in c.tables
-    ]
-    evidence = f"{width}, {groups[main][0]}: {claims[main].evidence} Every group: {every}."
-    return Claim("C1", text, claims[main].verdict, evidence, tables, [f for c in claims for f in c.figures])
+    claim = _scaling_claim("C1", groups, "data.N", y, level, n_boot, min_span, figures, out, "N*")
+    claim.evidence = f"At m = {widest['model.m'].iloc[0]}. {claim.evidence}"
+    return claim
 
 
 def claim_c2(runs, y, level, n_boot) -> Claim:
-    text = "Samples needed depend on the width m only through log m (N*(m) flat: TOST on the log-log slope)."
+    crit = criterion("N*", y, level)
     if len(_varying(runs, "model.m")) < 2 or len(_varying(runs, "data.N")) < 2:
-        return Claim("C2", text, "insufficient data", "needs >= 2 values of model.m and >= 2 of data.N")
+        return Claim(
+            "C2", TEXTS["C2"], "insufficient data", "needs >= 2 values of model.m and >= 2 of data.N"
+        )
     rows, problems = [], []
     for label, sub in _groups(runs[~runs["data.online"]], keep=("data.N", "model.m")):
         try:
@@ -191,7 +471,7 @@ def claim_c2(runs, y, level, n_boot) -> Claim:
         except ValueError as e:
             problems.append(f"{label}: {e}")
     if not rows:
-        return Claim("C2", text, "insufficient data", " ".join(problems))
+        return Claim("C2", TEXTS["C2"], "insufficient data", " ".join(problems), criterion=crit)
     t = pd.concat(rows, ignore_index=True)
     ev = "; ".join(
         f"{r.group}: slope {r.slope:.3f}, 90% CI [{r.ci_lo:.3f}, {r.ci_hi:.3f}]" for r in t.itertuples()
@@ -204,19 +484,30 @@ def claim_c2(runs, y, level, n_boot) -> Claim:
         verdict = "inconclusive"
     skipped = f" Not fitted: {' '.join(problems)}" if problems else ""
     evidence = f"{ev} (flat iff the 90% CI lies in +-0.1).{skipped}"
-    return Claim("C2", text, verdict, evidence, [("slope of log N* on log m", t)])
+    return Claim("C2", TEXTS["C2"], verdict, evidence, [("slope of log N* on log m", t)], criterion=crit)
 
 
-def claim_c3(runs, hist, y, level, n_boot, figures, out) -> Claim:
-    text = "Iterations needed grow polynomially in L (T*(L) in the online regime)."
+def claim_c3(runs, hist, y, level, n_boot, figures, out, min_span: float = DEFAULT_MIN_SPAN) -> Claim:
+    """T*(L) online: thresholds along each run's own history (the step), laws in L."""
     online = runs[runs["data.online"]]
     if len(_varying(online, "data.L")) < 3:
         return Claim(
-            "C3", text, "insufficient data", "needs online runs (data.online=true) at >= 3 values of data.L"
+            "C3",
+            TEXTS["C3"],
+            "insufficient data",
+            "needs online runs (data.online=true) at >= 3 values of data.L",
         )
-    h = hist[hist["metric"] == y].merge(online[["run_id", "data.L", "seed.teacher", "seed.run"]], on="run_id")
-    h = h[h["step"] > 0].rename(columns={"value": y})
-    return _fit_claim("C3", text, h, "data.L", y, level, "step", n_boot, figures, out, "T*")
+    keep = [
+        "run_id",
+        "data.L",
+        *DEFAULT_UNIT,
+        *(k for k in (*AXES, "outcome") if k in online and k != "data.L"),
+    ]
+    h = hist[(hist["metric"] == y) & (hist["step"] > 0)].merge(online[keep], on="run_id")
+    h = h.rename(columns={"value": y})
+    return _scaling_claim(
+        "C3", _groups(h, keep=("data.L", "data.N")), "step", y, level, n_boot, min_span, figures, out, "T*"
+    )
 
 
 def mechanism_slopes(runs: pd.DataFrame) -> pd.DataFrame:
@@ -258,10 +549,7 @@ def mechanism_slopes(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def claim_c4(runs, figures, out) -> Claim:
-    text = (
-        "SGD stays near init: sqrt(m)·||W_t||_F bounded in m; sign-flip fraction and linearization error "
-        "fall with m."
-    )
+    text = TEXTS["C4"]
     if len(_varying(runs, "model.m")) < 2:
         return Claim("C4", text, "insufficient data", "needs >= 2 values of model.m")
     s = mechanism_slopes(runs)
@@ -289,46 +577,117 @@ def claim_c4(runs, figures, out) -> Claim:
 
 
 def claim_c5(runs) -> Claim:
-    text = "None of this needs spectral radius < 1 (it is ~ sqrt 2 at init)."
+    """Runs that learned (DEFAULT_METRIC <= DEFAULT_LEVEL, ReLU at the paper's init variance 2): their
+    spectral radius. Diverged runs are left out of every median: a blown-up W says nothing about learning."""
+    words = METRIC_WORDS[DEFAULT_METRIC]
+    crit = f"learned = {words} ({DEFAULT_METRIC}) <= {DEFAULT_LEVEL:g}, for ReLU at model.w_var = 2"
     if "w/spectral_radius" not in runs or runs["w/spectral_radius"].isna().all():
-        return Claim("C5", text, "insufficient data", "no run logged w/spectral_radius")
-    learned = runs[(runs["test/nrisk"] <= 0.5) & (runs["model.activation"] == "relu")]
-    if learned.empty:
         return Claim(
-            "C5",
-            text,
-            "insufficient data",
-            "no ReLU run reached test/nrisk <= 0.5 (nothing learned to explain)",
+            "C5", TEXTS["C5"], "insufficient data", "no run logged w/spectral_radius", criterion=crit
         )
+    if DEFAULT_METRIC not in runs:
+        return Claim(
+            "C5", TEXTS["C5"], "insufficient data", f"no run logged {DEFAULT_METRIC}", criterion=crit
+        )
+    diverged = runs["outcome"] == "diverged" if "outcome" in runs else pd.Series(False, index=runs.index)
+    ok = runs[~diverged]
+    learned = ok[
+        (ok[DEFAULT_METRIC] <= DEFAULT_LEVEL) & (ok["model.activation"] == "relu") & (ok["model.w_var"] == 2)
+    ]
+    if learned.empty:
+        why = "no ReLU run at model.w_var = 2 learned (nothing to explain)"
+        return Claim("C5", TEXTS["C5"], "insufficient data", why, criterion=crit)
+    keys = ["model.w_var", "model.activation"]
+    g = ok.groupby(keys)
+    t = g[[DEFAULT_METRIC, "w/spectral_radius"]].median().add_suffix(" (median)")
+    t.insert(0, "runs", g.size())
+    t.insert(1, "diverged", diverged.groupby([runs[k] for k in keys]).sum().reindex(t.index, fill_value=0))
     rad = learned["w/spectral_radius"]
-    t = (
-        runs.groupby(["model.w_var", "model.activation"])
-        .agg(
-            runs=("run_id", "size"),
-            nrisk_median=("test/nrisk", "median"),
-            spectral_radius_median=("w/spectral_radius", "median"),
-        )
-        .reset_index()
-    )
     verdict = "supported" if (rad > 1).mean() >= 0.95 else "not supported"
-    return Claim(
-        "C5",
-        text,
-        verdict,
-        f"{len(learned)} ReLU runs reached test/nrisk <= 0.5 with spectral radius of "
-        f"W + W' from {rad.min():.2f} to {rad.max():.2f} (median {rad.median():.2f}); "
-        f"{(rad > 1).mean():.0%} of them above 1.",
-        [("by init variance", t)],
+    evidence = (
+        f"{len(learned)} ReLU runs at model.w_var = 2 learned, with spectral radius of W + W' from "
+        f"{rad.min():.2f} to {rad.max():.2f} (median {rad.median():.2f}); {(rad > 1).mean():.0%} of them "
+        f"above 1 ({int(diverged.sum())} diverged runs left out)."
     )
+    table = ("by init variance (diverged runs left out of the medians)", t.reset_index())
+    return Claim("C5", TEXTS["C5"], verdict, evidence, [table], criterion=crit)
 
 
-def claim_c6(runs) -> Claim:
-    text = "One recurrent unit learns a different function for every (i -> j) pair without interference."
+def lag_recovery(runs: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per lag g and cell (data.N, and any other swept axis): median recovery R^2 (lags/r2_<g>) of the runs
+    that learn lag g alone (data.lags == (g,)) and of those that learn all lags together, their seed counts,
+    and the drop alone - together with a 95% bootstrap CI (seeds resampled within each arm)."""
+    rng = np.random.default_rng(seed)
+    lag = runs[runs["data.task"] == "lags"]
+    lags = lag["data.lags"].map(tuple)
+    every = tuple(sorted(set().union(*lags)))
+    cells = [
+        "data.N",
+        *(
+            k
+            for k in AXES
+            if k not in ("data.N", "data.lags", "data.task") and k in lag and lag[k].nunique() > 1
+        ),
+    ]
+    together = dict(list(lag[[tuple(sorted(t)) == every for t in lags]].groupby(cells)))
+    rows = []
+    for g in every:
+        col = f"lags/r2_{g}"
+        if col not in lag:
+            continue
+        for key, a in lag[[t == (g,) for t in lags]].groupby(cells):
+            if key not in together:
+                continue
+            av, tv = a[col].to_numpy(float), together[key][col].to_numpy(float)
+            av, tv = av[np.isfinite(av)], tv[np.isfinite(tv)]
+            if not (len(av) and len(tv)):
+                continue
+            drop = float(np.median(av) - np.median(tv))
+            lo = hi = drop
+            if n_boot > 0:
+                ba = np.median(rng.choice(av, (n_boot, len(av))), axis=1)
+                bt = np.median(rng.choice(tv, (n_boot, len(tv))), axis=1)
+                lo, hi = (float(v) for v in percentile_ci(ba - bt))
+            arms = {"alone": float(np.median(av)), "together": float(np.median(tv))}
+            counts = {"n_alone": len(av), "n_together": len(tv)}
+            cell = dict(zip(cells, key, strict=True))
+            rows.append({"lag": g, **cell, **arms, **counts, "drop": drop, "drop_lo": lo, "drop_hi": hi})
+    cols = ["lag", *cells, "alone", "together", "n_alone", "n_together", "drop", "drop_lo", "drop_hi"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def claim_c6(runs, n_boot: int = 2000) -> Claim:
+    """Each lag's recovery R^2 learned alone against learned together with the others (lag_recovery), read
+    at the largest N with both: no interference when together stays within C6_TOL of alone for every lag."""
+    crit = f"no interference = for every lag, median R^2 together >= alone - {C6_TOL:g} at the largest N"
+    lag = runs[runs["data.task"] == "lags"] if "data.task" in runs else runs.iloc[:0]
+    r2 = [c for c in runs.columns if c.startswith("lags/r2_")]
+    if lag.empty or not r2 or lag[r2].isna().all().all():
+        why = "no runs of task lags" if lag.empty else "no run logged lags/r2_<lag>"
+        return Claim("C6", TEXTS["C6"], "insufficient data", why, criterion=crit)
+    t = lag_recovery(lag, n_boot)
+    every = sorted(set().union(*lag["data.lags"].map(tuple)))
+    if t.empty:
+        why = f"no N has runs of a lag alone and of all lags {every} together to compare"
+        return Claim("C6", TEXTS["C6"], "inconclusive", why, criterion=crit)
+    last = t[t["data.N"] == t.groupby("lag")["data.N"].transform("max")]
+    ev = "; ".join(
+        f"lag {r['lag']} at N = {r['data.N']}: alone {r['alone']:.2f}, together {r['together']:.2f}, "
+        f"drop {r['drop']:.2f} [{r['drop_lo']:.2f}, {r['drop_hi']:.2f}] ({r['n_alone']} vs "
+        f"{r['n_together']} seeds)"
+        for r in last.to_dict("records")
+    )
+    untested = sorted(set(every) - set(last["lag"]))
+    if (last["drop_lo"] > C6_TOL).any():
+        verdict = "not supported"  # some lag clearly drops when learned with the others
+    elif not untested and (last["drop_hi"] <= C6_TOL).all():
+        verdict = "supported"
+    else:
+        verdict = "inconclusive"
+    missing = f" Lags never learned alone: {untested}." if untested else ""
+    evidence = f"{ev} (95% bootstrap CIs over seeds).{missing}"
     return Claim(
-        "C6",
-        text,
-        "insufficient data",
-        "per-pair recovery R^2 and per-lag errors are not logged by the trainer yet (task `lags`, E6)",
+        "C6", TEXTS["C6"], verdict, evidence, [("recovery R^2 alone vs together", t)], criterion=crit
     )
 
 
@@ -336,54 +695,48 @@ def build(
     sweep: str,
     tracking_uri: str | None,
     out: Path,
-    y: str = "test/excess_risk",
-    level: float | None = None,
+    y: str = DEFAULT_METRIC,
+    level: float = DEFAULT_LEVEL,
     n_boot: int = 2000,
+    min_span: float = DEFAULT_MIN_SPAN,
 ) -> Report:
-    """Load the sweep from MLflow and evaluate every claim; figures go to out/figures."""
+    """Load the sweep from MLflow and evaluate the claims its grid targets; figures go to out/figures.
+    Raises UnknownMetric when no run logged y."""
     runs = load_runs(sweep, tracking_uri)
     done = runs[runs["status"] == "FINISHED"]
     figs: dict[str, list[Path]] = {}
     fig_dir = out / "figures"
-    if level is None:
-        eps = done["train.eps"].unique() if len(done) else []
-        level = float(eps[0]) if len(eps) == 1 else None
-    claims: list[Claim] = []
-    if done.empty or y not in done:
-        why = "no FINISHED runs" if done.empty else f"no run logged {y}"
-        claims = [Claim(c, "", "insufficient data", why) for c in ("C1", "C2", "C3", "C4", "C5", "C6")]
-    elif level is None:
-        why = "the sweep varies train.eps: pass --level to choose the threshold"
-        claims = [Claim(c, "", "insufficient data", why) for c in ("C1", "C2", "C3")]
-        claims += [claim_c4(done, figs, fig_dir), claim_c5(done), claim_c6(done)]
-    else:
-        if len(_varying(done, "data.L")) and len(_varying(done, "data.N")) > 1:
-            figs["learning_curves"] = plots.save(
-                plots.learning_curves(done, y=y, level=level), fig_dir, "learning_curves"
-            )
-        if len(_varying(done, "model.m")) > 1 and len(_varying(done, "data.N")) > 1:
-            for v in ("test/risk", "gen/gap"):
-                name = "heatmap_" + v.replace("/", "_")
-                figs[name] = plots.save(plots.heatmap(done, v), fig_dir, name)
-        hist = (
-            load_history(done[done["data.online"]], tracking_uri, [y]) if done["data.online"].any() else None
+    if done.empty:
+        claims = [Claim(c, TEXTS[c], "insufficient data", "no FINISHED runs") for c in CLAIMS]
+        return Report(sweep, runs, grid_table(runs), claims, figs, y, level)
+    check_metric(runs, y)
+    need = targets(done)
+    offline = done[~done["data.online"]]
+    main = offline[(classify(offline) == "main") & (offline["model.m"] == offline["model.m"].max())]
+    if len(_varying(main, "data.L")) and len(_varying(main, "data.N")) > 1:
+        figs["learning_curves"] = plots.save(
+            plots.learning_curves(main, y=y, level=level), fig_dir, "learning_curves"
         )
-        claims = [
-            claim_c1(done, y, level, n_boot, figs, fig_dir),
-            claim_c2(done, y, level, n_boot),
-            claim_c3(done, hist, y, level, n_boot, figs, fig_dir)
-            if hist is not None
-            else Claim(
-                "C3",
-                "Iterations needed grow polynomially in L.",
-                "insufficient data",
-                "no online runs in the sweep",
-            ),
-            claim_c4(done, figs, fig_dir),
-            claim_c5(done),
-            claim_c6(done),
-        ]
-    return Report(sweep, runs, grid_table(runs), claims, figs)
+    if len(_varying(done, "model.m")) > 1 and len(_varying(done, "data.N")) > 1:
+        for v in ("test/risk", "gen/gap"):
+            name = "heatmap_" + v.replace("/", "_")
+            figs[name] = plots.save(plots.heatmap(done, v), fig_dir, name)
+    online = done[done["data.online"]]
+    make = {  # only the claims the grid targets are evaluated (C3 loads histories)
+        "C1": lambda: claim_c1(done, y, level, n_boot, figs, fig_dir, min_span),
+        "C2": lambda: claim_c2(done, y, level, n_boot),
+        "C3": lambda: claim_c3(
+            done, load_history(online, tracking_uri, [y]), y, level, n_boot, figs, fig_dir, min_span
+        ),
+        "C4": lambda: claim_c4(done, figs, fig_dir),
+        "C5": lambda: claim_c5(done),
+        "C6": lambda: claim_c6(done, n_boot),
+    }
+    claims = [
+        make[c]() if not need[c] else Claim(c, TEXTS[c], "not targeted", need[c], targeted=False)
+        for c in CLAIMS
+    ]
+    return Report(sweep, runs, grid_table(runs), claims, figs, y, level)
 
 
 def _table_md(df: pd.DataFrame) -> str:
@@ -396,24 +749,76 @@ def _table_md(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_markdown(r: Report) -> str:
+def scale_and_caveats(runs: pd.DataFrame) -> list[str]:
+    """What the verdicts rest on (tasks, widths, lengths, samples, seeds, outcomes) and how far the runs are
+    from the regime of the paper's proof, measured on the main task's finished runs (from the columns the
+    frame has)."""
+    need = {"status", "outcome", "data.task", "model.m", "data.L", "data.N", "seed.teacher", "seed.run"}
+    done = runs[runs["status"] == "FINISHED"] if need <= set(runs.columns) else runs.iloc[:0]
+    if done.empty:
+        return []
+    main = done[classify(done) == "main"]
+    span = {k: f"{done[k].min():g}..{done[k].max():g}" for k in ("model.m", "data.L", "data.N")}
+    lines = [
+        f"- Tasks: {', '.join(sorted(done['data.task'].unique()))}; width m = {span['model.m']}; "
+        f"L = {span['data.L']}; N = {span['data.N']}; "
+        f"{len(done[['seed.teacher', 'seed.run']].drop_duplicates())} teacher/run seed pairs.",
+        "- Outcomes: "
+        + ", ".join(f"{k} {n}" for k, n in done["outcome"].value_counts().items())
+        + " (budget: the step budget ended the run, learned or not; completed: a plateau below the constant "
+        "baseline).",
+    ]
+    near = {k: main[k].median() for k in ("act/flip_frac", "lin/rel_err", "w/move_fro") if k in main}
+    if near:
+        lines.append(
+            "- Distance from the proof's regime (median over the main task's runs at their end): "
+            + ", ".join(f"{k} {v:.3g}" for k, v in near.items())
+            + ". The proof keeps sign flips and the linearization error small, shrinking with m"
+            + (
+                "; here they are not small, so these runs test the claims beyond the regime the proof covers "
+                "(C4 asks whether they shrink with m)."
+                if near.get("act/flip_frac", 0) > NEAR_INIT["act/flip_frac"]
+                or near.get("lin/rel_err", 0) > NEAR_INIT["lin/rel_err"]
+                else f" (here both are below {NEAR_INIT}: near init)."
+            )
+        )
+    return lines
+
+
+def to_markdown(r: Report, figures: str = "figures", preface: Sequence[str] = ()) -> str:
+    """The claims the sweep targets first, each verdict with the threshold it read; the others in one line.
+    figures: the folder of the figures, relative to the Markdown; preface: paragraphs after the title."""
     statuses = ", ".join(f"{k} {n}" for k, n in r.runs["status"].value_counts().items())
+    targeted = [c for c in r.claims if c.targeted]
+    others = [c for c in r.claims if not c.targeted]
     parts = [
         f"# rnnsgd report: sweep `{r.sweep}`\n",
+        *(f"{p}\n" for p in preface),
         f"{len(r.runs)} grid points ({statuses}).\n",
+        f"Thresholds: {criterion('N*', r.metric, r.level)}; {criterion('T*', r.metric, r.level)}.\n",
+        f"{RELATIVE_CAVEAT}\n" if is_relative(r.metric) else "",
         "## Verdicts\n",
-        _table_md(pd.DataFrame([{"claim": c.id, "verdict": c.verdict} for c in r.claims])),
+        _table_md(
+            pd.DataFrame([{"claim": c.id, "verdict": c.verdict, "read as": c.criterion} for c in targeted])
+        ),
+        "Not targeted by this sweep: " + ", ".join(f"{c.id} ({c.evidence})" for c in others) + ".\n"
+        if others
+        else "",
         "## Grid\n",
         _table_md(r.grid),
     ]
-    for c in r.claims:
-        parts += [f"## {c.id}: {c.verdict}\n", f"{c.text}\n" if c.text else "", f"{c.evidence}\n"]
+    for c in targeted:
+        parts += [f"## {c.id}: {c.verdict}\n", f"{c.text}\n" if c.text else ""]
+        parts += [f"Read as: {c.criterion}.\n" if c.criterion else "", f"{c.evidence}\n"]
         for title, t in c.tables:
             parts += [f"**{title}**\n", _table_md(t)]
-        parts += [f"![{f}](figures/{f}.png)\n" for f in c.figures]
+        parts += [f"![{f}]({figures}/{f}.png)\n" for f in c.figures]
     if "learning_curves" in r.figures:
-        parts += ["## Learning curves\n", "![learning curves](figures/learning_curves.png)\n"]
-    parts += [f"![{n}](figures/{n}.png)\n" for n in r.figures if n.startswith("heatmap")]
+        parts += ["## Learning curves\n", f"![learning curves]({figures}/learning_curves.png)\n"]
+    parts += [f"![{n}]({figures}/{n}.png)\n" for n in r.figures if n.startswith("heatmap")]
+    caveats = scale_and_caveats(r.runs)
+    if caveats:
+        parts += ["## Scale and caveats\n", "\n".join(caveats) + "\n"]
     return "\n".join(parts)
 
 
@@ -465,3 +870,17 @@ def write(r: Report, out: Path) -> tuple[Path, Path]:
     md_path.write_text(md)
     html_path.write_text(to_html(md, out))
     return md_path, html_path
+
+
+def write_findings(r: Report, path: Path, preface: Sequence[str]) -> Path:
+    """The report as a page of the docs (e.g. docs/findings.md): its figures (PNG) in the folder named after
+    the page, beside it, linked relatively; preface (how it was made and how to reproduce it) after the
+    title."""
+    folder = path.parent / path.stem
+    folder.mkdir(parents=True, exist_ok=True)
+    for files in r.figures.values():
+        for f in files:
+            if f.suffix == ".png":
+                shutil.copyfile(f, folder / f.name)
+    path.write_text(to_markdown(r, figures=path.stem, preface=preface))
+    return path

@@ -1,4 +1,11 @@
-"""Thresholds N* and T* from per-run curves (EXPERIMENTS.md, "How thresholds and fits are computed").
+"""Thresholds N* and T* from per-run curves: the sample and iteration complexity that the main theorem of
+Allen-Zhu & Li 2019 (arXiv 1902.01028) bounds by a polynomial.
+
+The threshold contract. By default a curve is the tail-averaged baseline-relative excess risk,
+DEFAULT_METRIC = (risk - OPT) / (baseline - OPT) at the tail-averaged weights, where the baseline is the best
+constant predictor per position: 1 for a network that learned nothing from the tokens, 0 at OPT. N* is the
+smallest N whose curve is <= DEFAULT_LEVEL = 0.5, i.e. halfway from the best constant predictor to OPT.
+A relative level is a fair test in one direction only (RELATIVE_CAVEAT).
 
 Per unit (one teacher and run seed inside one group, e.g. one L): sort the curve by x (N, or the SGD step
 for T*), smooth y with a non-increasing isotonic fit (pool-adjacent-violators), find the first grid point
@@ -13,6 +20,10 @@ Censoring is encoded in the bracket itself, so downstream code needs no special 
     right    NaN           x[-1]       inf         never reached level on the grid
 
 Censored units are never dropped: dropping the failures at large L makes exponential growth look polynomial.
+For the same reason a diverged run is not dropped either: it counts as "not reached" at its x (y = +inf, so
+the non-increasing fit puts the threshold above it). Each row says why it is censored (`reason`), from the
+trainer's outcome of the run at the unit's largest x: a grid whose units ran out of steps answers a question
+about iterations, not samples.
 """
 
 from __future__ import annotations
@@ -22,8 +33,32 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+DEFAULT_METRIC = "test/rel_risk_tail"
+DEFAULT_LEVEL = 0.5  # halfway from the best constant predictor (1) to OPT (0)
+RELATIVE_CAVEAT = (
+    "A relative level is a fair test in one direction: exponential relative N* implies exponential "
+    "absolute N*; polynomial relative N* does not prove polynomial absolute N*."
+)
 DEFAULT_BY = ("data.L",)
 DEFAULT_UNIT = ("seed.teacher", "seed.run")
+
+# why a unit is censored; a right-censored one takes the trainer's outcome at its largest x
+LEFT = "below at smallest x"
+NOT_REACHED = "not reached"
+OUTCOME_REASON = {"budget": "budget", "completed": "plateau", "diverged": "diverged"}
+REASON_COLUMNS = {
+    "": "crossed",
+    LEFT: "below_at_smallest",
+    "budget": "budget",
+    "plateau": "plateau",
+    "diverged": "diverged",
+    NOT_REACHED: "not_reached",
+}
+
+
+def is_relative(metric: str) -> bool:
+    """A baseline-relative metric (0 = OPT, 1 = best constant): its levels live in (0, 1)."""
+    return "rel_" in metric
 
 
 def isotonic_decreasing(y: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
@@ -57,6 +92,7 @@ def curve_crossing(x: np.ndarray, s: np.ndarray, levels: np.ndarray) -> tuple[np
     Interpolation is linear in (log x, log s), exact for a power-law curve; if the smoothed value at the
     lower bracket end is <= 0 (an excess risk can dip below 0) log s does not exist there and the
     interpolation is linear in s instead. It is linear in x where x <= 0 (a T* curve can start at step 0).
+    Where the lower bracket end is +inf (a diverged run) nothing bounds the crossing below: x_star = x[j].
     """
     x = np.asarray(x, dtype=float)
     s = np.asarray(s, dtype=float)
@@ -80,7 +116,7 @@ def curve_crossing(x: np.ndarray, s: np.ndarray, levels: np.ndarray) -> tuple[np
             t_lin = (s0 - lev) / (s0 - s1)
             t = np.where(s1 > 0, t_log, t_lin)
             xs_log = np.exp(np.log(x0) + t * (np.log(x1) - np.log(x0)))
-        x_star[k] = np.where(x0 > 0, xs_log, x0 + t * (x1 - x0))
+        x_star[k] = np.where(np.isinf(s0), x1, np.where(x0 > 0, xs_log, x0 + t * (x1 - x0)))
     return x_star, lo, hi, censor
 
 
@@ -91,21 +127,29 @@ def threshold(
     level: float | Sequence[float] | None = None,
     by: Sequence[str] = DEFAULT_BY,
     unit: Sequence[str] = DEFAULT_UNIT,
+    outcome: str | None = "outcome",
 ) -> pd.DataFrame:
-    """N* (or T*) per unit: the smallest x where the isotonic-smoothed y is <= level (EXPERIMENTS.md).
+    """N* (or T*) per unit: the smallest x where the isotonic-smoothed y is <= level (module docstring).
 
     df: tidy rows, one per (unit, x), e.g. one per run with x = "data.N", or a history frame with x = step.
-    level: one level or several (one sweep serves many eps; thresholds are applied after the fact). No
-    default: it is the experiment's eps, which lives in the sweep, not here.
+    level: one level or several (one sweep serves many levels; thresholds are applied after the fact). No
+    default here, since it belongs to y: DEFAULT_LEVEL goes with DEFAULT_METRIC.
     by, unit: the group columns (e.g. L) and the columns naming one curve inside a group (teacher, run seed).
+    outcome: the column of the trainer's outcome per row (completed, budget, diverged, ...), used when the
+    frame has it; a T* history frame carries its run's outcome on every row.
 
     Returns one row per (group, unit, level): the by and unit columns, `level`, `x_star` (NaN when censored),
     `lo`, `hi` (the bracket; 0 / inf on the open side of a censored unit), `censor` in {"none", "left",
-    "right"} and `n_points` (finite points on the curve). Rows with a non-finite y (a diverged run) are left
-    out of their curve; a unit with no finite point is an error, not a silent drop.
+    "right"}, `reason` ("" when crossed, LEFT, or for a right-censored unit the outcome of its run at the
+    largest x: "budget", "plateau" (completed above the level), "diverged" or NOT_REACHED) and `n_points`
+    (points on the curve). A diverged row stays on its curve as y = +inf, so a unit whose every run
+    diverged is right-censored, not an error. Other rows with a non-finite y (a killed run's missing
+    metric) are left out of their curve; a unit with no point left is an error, not a silent drop.
     """
     if level is None:
-        raise ValueError("threshold: pass level= (the eps the risk must reach)")
+        raise ValueError(
+            f"threshold: pass level= (e.g. DEFAULT_LEVEL = {DEFAULT_LEVEL} for {DEFAULT_METRIC})"
+        )
     levels = np.atleast_1d(np.asarray(level, dtype=float))
     if levels.size == 0 or not np.all(np.isfinite(levels)) or np.any(levels <= 0):
         raise ValueError(f"threshold: level must be finite and > 0, got {level!r}")
@@ -120,11 +164,16 @@ def threshold(
 
     xv = df[x].to_numpy(dtype=float)
     yv = df[y].to_numpy(dtype=float)
+    ov = (
+        df[outcome].fillna("").astype(str).to_numpy()
+        if outcome is not None and outcome in df.columns
+        else np.full(len(df), "")
+    )
     if not np.all(np.isfinite(xv)):
         raise ValueError(f"threshold: column {x!r} has non-finite values")
     codes = df.groupby(keys, sort=True, dropna=False).ngroup().to_numpy() if keys else np.zeros(len(df), int)
     order = np.lexsort((xv, codes))
-    codes, xv, yv = codes[order], xv[order], yv[order]
+    codes, xv, yv, ov = codes[order], xv[order], yv[order], ov[order]
     dup = (np.diff(codes) == 0) & (np.diff(xv) == 0)
     if dup.any():
         i = order[np.flatnonzero(dup)[0]]
@@ -132,23 +181,30 @@ def threshold(
             f"threshold: several rows share {x}={df[x].iloc[i]!r} within one unit {dict(df[keys].iloc[i])}; "
             "add the column that tells them apart to `by` or `unit`, or filter the frame"
         )
+    diverged = ov == "diverged"
+    yv = np.where(diverged, np.inf, yv)  # not reached at that x, whatever its last metrics say
+    use = np.isfinite(yv) | diverged
 
     starts = np.flatnonzero(np.r_[True, np.diff(codes) != 0])
     ends = np.r_[starts[1:], len(codes)]
     n_units, n_lev = len(starts), len(levels)
     out = {k: np.empty(n_units * n_lev) for k in ("x_star", "lo", "hi")}
     censor = np.empty(n_units * n_lev, dtype=object)
+    last_outcome = np.empty(n_units, dtype=object)
     n_points = np.empty(n_units, dtype=int)
     for u, (a, b) in enumerate(zip(starts, ends, strict=True)):
-        ok = np.isfinite(yv[a:b])
+        ok = use[a:b]
         if not ok.any():
             i = order[a]
-            raise ValueError(f"threshold: unit {dict(df[keys].iloc[i])} has no finite {y!r}")
+            raise ValueError(
+                f"threshold: unit {dict(df[keys].iloc[i])} has no finite {y!r} and no diverged run"
+            )
         xs, ys = xv[a:b][ok], yv[a:b][ok]
         r = slice(u * n_lev, (u + 1) * n_lev)
         out["x_star"][r], out["lo"][r], out["hi"][r], censor[r] = curve_crossing(
             xs, isotonic_decreasing(ys), levels
         )
+        last_outcome[u] = ov[a:b][ok][-1]
         n_points[u] = ok.sum()
 
     first = order[starts]  # a row of each unit, for its key values
@@ -158,5 +214,27 @@ def threshold(
     for k, v in out.items():
         res[k] = v
     res["censor"] = censor
+    right = np.array(
+        [OUTCOME_REASON.get(o, NOT_REACHED) for o in np.repeat(last_outcome, n_lev)], dtype=object
+    )
+    res["reason"] = np.where(censor == "none", "", np.where(censor == "left", LEFT, right))
     res["n_points"] = np.repeat(n_points, n_lev)
     return res
+
+
+def censoring_summary(thr: pd.DataFrame, by: Sequence[str] = DEFAULT_BY) -> pd.DataFrame:
+    """Per cell of `by` (and level): how many units crossed and why the others are censored.
+
+    One row per cell: the by columns, level, units, one count per reason (REASON_COLUMNS: crossed,
+    below_at_smallest, budget, plateau, diverged, not_reached) and budget_limited, true when more than half
+    of the cell's units are right-censored because their runs ran out of steps: there the threshold says
+    how many iterations the budget allowed, not how many samples the task needs.
+    """
+    keys = [*by, "level"]
+    counts = pd.crosstab([thr[k] for k in keys], thr["reason"].map(REASON_COLUMNS))
+    counts = counts.reindex(columns=list(REASON_COLUMNS.values()), fill_value=0)
+    counts.columns.name = None
+    out = counts.reset_index()
+    out.insert(len(keys), "units", counts.sum(axis=1).to_numpy())
+    out["budget_limited"] = out["budget"] > out["units"] / 2
+    return out
