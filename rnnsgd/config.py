@@ -65,6 +65,7 @@ class TrainConfig:
         0.02  # stop when the train objective fell by less than this fraction in the last 3/4 of
     )
     min_steps: int = 10000  # the steps so far, but never before min_steps
+    stall_tol: float = 0.1  # nor while the objective is within this fraction of the constant baseline
     diverge_factor: float = 100.0  # objective above this multiple of its initial value counts as diverged
     probe: int = 64  # probe batch of test inputs for the diagnostics (JVP, flips, drift)
     eta_probe: int = 256  # fresh samples that measure the gradient's size at init (the practical eta)
@@ -236,6 +237,7 @@ def validate(cfg: TrialConfig) -> None:
     _require(tr.evals_per_decade >= 1, "train.evals_per_decade", f"must be >= 1, got {tr.evals_per_decade}")
     _require(0 <= tr.plateau_tol < 1, "train.plateau_tol", f"must be in [0, 1), got {tr.plateau_tol}")
     _require(tr.min_steps >= 0, "train.min_steps", f"must be >= 0, got {tr.min_steps}")
+    _require(0 <= tr.stall_tol < 1, "train.stall_tol", f"must be in [0, 1), got {tr.stall_tol}")
     _require(tr.diverge_factor > 1, "train.diverge_factor", f"must be > 1, got {tr.diverge_factor}")
     _require(tr.probe >= 1, "train.probe", f"must be >= 1, got {tr.probe}")
     _require(tr.eta_probe >= 1, "train.eta_probe", f"must be >= 1, got {tr.eta_probe}")

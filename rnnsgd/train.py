@@ -4,9 +4,9 @@
 
 The trainer evaluates on a geometric grid of steps and hands each evaluation's metrics to `on_eval`; it
 never learns where they go (no Ray, no MLflow here). A run ends `completed` when the training objective
-has plateaued below the best constant predictor (a plateau above it is a stall, not the end of learning),
-`budget` when the step budget T ran out first (so a budget never masquerades as sample complexity), or
-`diverged` on NaN/Inf or blow-up.
+has plateaued clearly below the best constant predictor (a plateau near it is a stall, not the end of
+learning), `budget` when the step budget T ran out first (so a budget never masquerades as sample
+complexity), or `diverged` on NaN/Inf or blow-up.
 
 Besides the last iterate, every evaluation scores the tail average of W' (its mean over the steps since the
 last evaluation at or before half the steps so far, Polyak-Ruppert style): under a constant step on a
@@ -347,9 +347,9 @@ class Trainer:
         first = self.history[0][f"{key}/risk"] if self.history else now
         if not math.isfinite(now) or now > tr.diverge_factor * max(first, 1e-12):
             return "diverged"
-        if self.step >= tr.min_steps and now < metrics[f"{key}/baseline"]:
+        if self.step >= tr.min_steps and now < (1 - tr.stall_tol) * metrics[f"{key}/baseline"]:
             # plateau: the objective fell by less than plateau_tol over the last two doublings of steps (one
-            # doubling is too short: one-sample SGD here has slow phases between descents). Above the
+            # doubling is too short: one-sample SGD here has slow phases between descents). At or near the
             # constant baseline a flat stretch is the stall before learning starts, not an end.
             back = [h[f"{key}/risk"] for h in self.history if h["step"] <= self.step / 4]
             if back and back[-1] - now < tr.plateau_tol * back[-1]:
@@ -405,7 +405,7 @@ def sgd_steps(
     tail: torch.Tensor | None = None,
     work: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """C one-sample (or b-sample) SGD steps of K networks at once (spec/PAPER.md §4):
+    """C one-sample (or b-sample) SGD steps of K networks at once (Theorem 1 of the paper):
 
         W'_k <- W'_k - eta_k grad (1/b) sum_samples sum_{j in supervised} G(lam_k F_j(x; W_k + W'_k), y_j)
 
