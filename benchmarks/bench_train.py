@@ -1,7 +1,7 @@
 """SGD steps per second: rnnsgd's Trainer.sgd against a plain torch.nn.RNN + autograd loop (not a test).
 
 Both loops do the same one-sample SGD on the same data, in the same order, with the same lambda and eta:
-    W <- W - eta grad_W sum_{j=3}^{L} || lambda B h_j(x; W) - y_j ||_2      (unsquared l2, spec/PAPER.md §4)
+    W <- W - eta grad_W sum_{j=3}^{L} || lambda B h_j(x; W) - y_j ||_2      (unsquared l2, Theorem 1)
 ours trains the shift W' with the hand-written BPTT of rnnsgd.model.RNN.backward; the reference trains
 torch.nn.RNN's weight_hh_l0 directly (A = weight_ih_l0 frozen) with loss.backward(). Repeats are interleaved
 (ours, reference, ours, ...) so that load from other processes hits both alike; the medians are reported.

@@ -1,5 +1,5 @@
-"""The concept class of eq. (3.1) (spec/PAPER.md §3): tokens, teachers, labels and losses (the Phi families
-and their complexity: rnnsgd.phi).
+"""The concept class of eq. (3.1) (arXiv 1902.01028, §3): tokens, teachers, labels, losses and the best
+constant predictor (the Phi families and their complexity: rnnsgd.phi).
 
     F*_{j,s}(x*) = sum_{i=2}^{j-1} sum_{r=1}^{p} b*_{i->j,r,s} Phi_{i->j,r,s}(<w*_{i->j,r,s}, x*_i>)
 
@@ -21,7 +21,7 @@ from rnnsgd.phi import Phi
 
 def sample_tokens(n: int, L: int, d_x: int, generator: torch.Generator) -> torch.Tensor:
     """Raw tokens (n, L, d_x) in float64 on the CPU: at t = 1..L-2, first d_x - 1 coordinates uniform on the
-    sphere of radius sqrt(3)/2, last coordinate 1/2 (unit norm; spec/PAPER.md §2); t = 0 and L-1 are zero."""
+    sphere of radius sqrt(3)/2, last coordinate 1/2 (unit norm; the paper's §2); t = 0 and L-1 are zero."""
     g = torch.randn(n, L - 2, d_x - 1, generator=generator, dtype=torch.float64)
     x = torch.zeros(n, L, d_x, dtype=torch.float64)
     x[:, 1 : L - 1, : d_x - 1] = g / g.norm(dim=-1, keepdim=True) * (math.sqrt(3) / 2)

@@ -1,4 +1,4 @@
-"""The Elman ReLU RNN of Allen-Zhu & Li (2019), Section 3 (spec/PAPER.md §1-2).
+"""The Elman ReLU RNN of Allen-Zhu & Li (2019), Section 3 (arXiv 1902.01028).
 
     h_0 = 0,   h_l = ReLU((W + W') h_{l-1} + A x_l),   y_l = B h_l        l = 1..L
 
@@ -92,7 +92,7 @@ class RNN:
         """Definition 3.2: raw tokens (n, L, d_x) -> network inputs (n, L, d_x + 1).
 
         Index l of x_star is position l + 1; positions 1 and L are replaced by the fixed tokens
-        x_1 = (0, 1) and x_L = (0, eps_x) (spec/PAPER.md §2, decided), the others are scaled by eps_x.
+        x_1 = (0, 1) and x_L = (0, eps_x) (the paper's §2), the others are scaled by eps_x.
         """
         n, L, d_x = x_star.shape
         x = x_star.new_zeros(n, L, d_x + 1)

@@ -1,4 +1,4 @@
-"""The Phi families of the concept class (spec/PAPER.md §3) and their complexities C_eps and C_s.
+"""The Phi families of the concept class (arXiv 1902.01028, §3) and their complexities C_eps and C_s.
 
 Apart from rnnsgd.concept's tensors: configs validate Phi specs and schedules compute C_eps without importing
 torch, so a sweep file is checked (and Ray started) before torch has loaded.

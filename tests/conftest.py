@@ -1,7 +1,7 @@
 """Shared fixtures.
 
 ray_local: one real local Ray (2 CPUs) for the whole pytest run, started only by the tests that ask for it
-    (spec/ECOSYSTEM.md: never a bare ray.init(), which attaches to whatever a crash left in /tmp/ray).
+    (never a bare ray.init(), which attaches to whatever a crash left in /tmp/ray).
 store: a fresh MLflow SQLite store and Ray storage folder per test (the sweep tests).
 """
 

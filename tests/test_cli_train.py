@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import METRIC_KEYS  # DESIGN.md's metric table, written once for the tests
+from test_train import METRIC_KEYS  # docs/metrics.md's table, written once for the tests
 
 from rnnsgd.cli import EXIT_BAD_INPUT, main
 from rnnsgd.train import OUTCOMES

@@ -1,4 +1,5 @@
-"""rnnsgd.config: flat dotted keys, coercion, validation (errors name the key), schedules (PAPER.md §5)."""
+"""rnnsgd.config: flat dotted keys, coercion, validation (errors name the key), schedules
+(docs/training.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""rnnsgd.diagnostics: the proof's quantities (spec/PAPER.md §5) against direct computations."""
+"""rnnsgd.diagnostics: the proof's quantities (the paper's Lemmas 6.1, 7.1) against direct computations."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Known-answer tests for the censored fits, model selection and the continuous companions (rnnsgd.analysis
-fits, censored, laws, bootstrap, additive; EXPERIMENTS.md "How thresholds and fits are computed")."""
+fits, censored, laws, bootstrap, additive; docs/claims.md)."""
 
 import numpy as np
 import pandas as pd

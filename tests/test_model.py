@@ -1,5 +1,5 @@
 """rnnsgd.model: the Elman ReLU RNN against torch.nn.RNN, the paper's init facts, and the hand-written BPTT
-against autograd and finite differences (spec/PAPER.md §1-2, §4)."""
+against autograd and finite differences (arXiv 1902.01028, §3)."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def test_linear_activation_is_the_identity():
 
 
 def test_init_spectrum_and_variances(device):
-    """Spectral radius of W -> sqrt 2, spectral norm -> 2 sqrt 2 (spec/PAPER.md §1), at m = 1024; entries of
+    """Spectral radius of W -> sqrt 2, spectral norm -> 2 sqrt 2 (the paper's init), at m = 1024; entries of
     W, A ~ N(0, 2/m), of B ~ N(0, 1/d); the same init on every device."""
     m, d = 1024, 2
     net = RNN(m, 4, d, torch.Generator().manual_seed(0), device=device)
