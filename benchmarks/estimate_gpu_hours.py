@@ -17,10 +17,12 @@ H100s) pays it once per step for all its points, and streams every point's weigh
     GPU-seconds of a pack = (GPU share x max_i T_i x L x t_launch + sum_i T_i x L x t_stream) x 1.2
 
     .venv/bin/python benchmarks/estimate_gpu_hours.py            # every sweeps/e*.yaml, variant full
+    .venv/bin/python benchmarks/estimate_gpu_hours.py sweeps/e1.yaml --set 'zip=[]'   # E1, task (a) only
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -46,9 +48,10 @@ def pack_seconds(cfgs: list, share: float) -> float:
     return (launch + stream) * EVAL_OVERHEAD
 
 
-def estimate(path: Path, variant: str = "full") -> dict[str, float]:
-    """Points, trials and GPU-hours (upper bounds) of a sweep's variant, a trial per point and packed."""
-    sweep = load_sweep(path, variant)
+def estimate(path: Path, variant: str = "full", sets: dict[str, str] | None = None) -> dict[str, float]:
+    """Points, trials and GPU-hours (upper bounds) of a sweep's variant (with `--set`-style overrides), a
+    trial per point and packed."""
+    sweep = load_sweep(path, variant, sets or {})
     cfgs = [p.config() for p in sweep.points]
     share = sweep.resources.gpu or 1.0
     budget = int(GPU_BYTES * sweep.pack.memory_fraction * share)
@@ -62,10 +65,15 @@ def estimate(path: Path, variant: str = "full") -> dict[str, float]:
 
 
 def main() -> int:
-    paths = [Path(a) for a in sys.argv[1:]] or sorted((REPO / "sweeps").glob("e*.yaml"))
-    for path in paths:
-        e = estimate(path)
-        print(f"{path.name}: full: {e['points']} points: a trial per point at most {e['unpacked']:,.0f} "
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("files", nargs="*", help="sweep files (default: every sweeps/e*.yaml)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as `rnnsgd sweep --set`")
+    args = ap.parse_args()
+    sets = dict(s.split("=", 1) for s in args.set)
+    for path in [Path(a) for a in args.files] or sorted((REPO / "sweeps").glob("e*.yaml")):
+        e = estimate(path, sets=sets)
+        label = f"full with {', '.join(args.set)}" if sets else "full"
+        print(f"{path.name}: {label}: {e['points']} points: a trial per point at most {e['unpacked']:,.0f} "
               f"GPU-hours; packed ({e['trials']} trials) at most {e['packed']:,.0f} GPU-hours "
               f"({e['unpacked'] / e['packed']:.1f}x less)")  # fmt: skip
     return 0

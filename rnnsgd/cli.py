@@ -215,7 +215,41 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(
         f"report: {page.resolve()} (and {md.name})" + ("; logged on the sweep's parent run" if found else "")
     )
+    if args.findings:
+        preface = _provenance(args, rep, uri, None if found is None else found[1])
+        print(f"findings: {report.write_findings(rep, Path(args.findings), preface).resolve()}")
     return 0
+
+
+def _provenance(args: argparse.Namespace, rep, uri: str, parent) -> list[str]:
+    """How a findings page was made and how to reproduce it: the commands, the code's commits, the store,
+    the sweep's wall time (from its parent run) and the machine."""
+    import datetime
+    import os
+
+    from rnnsgd.sweep.runner import git_sha
+
+    variant = f" --variant {args.variant}" if args.variant else ""
+    level = f" --metric {rep.metric} --level {rep.level:g}"
+    shas = sorted(rep.runs["git_sha"].dropna().unique()) if "git_sha" in rep.runs else ["unknown"]
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"Written by `rnnsgd report {args.sweep}{variant}{level} --findings {args.findings}` on {now}, at "
+        f"commit {git_sha()}, from the runs of sweep `{rep.sweep}` in `{uri}` (trained at commit "
+        f"{', '.join(shas)}); every number below is read from those runs.",
+    ]
+    if parent is not None and parent.info.end_time:
+        wall = (parent.info.end_time - parent.info.start_time) / 60000
+        lines.append(
+            f"The sweep's parent run `{parent.info.run_id}` ran for {wall:.1f} minutes of wall time on a "
+            f"machine with {os.cpu_count()} CPU cores (Ray start and MLflow included; a resumed sweep adds "
+            "its pauses)."
+        )
+    lines.append(
+        f"Reproduce: `rnnsgd sweep {args.sweep}{variant}`, then `rnnsgd report {args.sweep}{variant}` "
+        "(on the same kind of CPU the runs are bit-identical)."
+    )
+    return lines
 
 
 def _number_list(text: str, kind: type, option: str, least: float) -> list:
@@ -246,7 +280,10 @@ def _validation_noise(args: argparse.Namespace) -> dict:
         runs = load_runs(name, uri)
     except NoSuchSweep as e:
         raise BadInput(f"--noise-from: {e}") from None
+    from rnnsgd.analysis.report import classify
+
     done = runs[runs["status"] == "FINISHED"]
+    done = done[classify(done) == "main"]  # the noise of the task under test, not of its controls
     if done.empty or metric not in done:
         why = "no FINISHED runs" if done.empty else f"no run logged {metric}"
         raise BadInput(f"--noise-from: sweep {name!r}: {why}")
@@ -352,6 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("sweep", metavar="FILE|NAME", help="sweep file, or the name of a sweep that has run")
     p.add_argument("--out", help="output folder (default: reports/<sweep name>)")
+    p.add_argument(
+        "--findings",
+        metavar="PAGE.md",
+        help="also write the report as a page of the docs (e.g. docs/findings.md; figures beside it), with "
+        "how it was made and how to reproduce it",
+    )
     analysis_args(p)
     p.set_defaults(func=cmd_report)
 

@@ -264,7 +264,8 @@ def schedule(cfg: TrialConfig, grad_sq: float | None = None) -> Schedule:
         grad_sq grows like lambda^2 m), and the measurement carries what a formula cannot: the loss sums
         L - 2 positions and BPTT sums each over up to L earlier steps (docs/schedule.md).
         T = c_T 2000 L / eps, a budget that the plateau rule usually ends first.
-    An explicit train.T overrides the budget of either schedule.
+    The budget is never below train.min_steps (the plateau rule's own floor: at L = 3 the formula alone left
+    runs that were still learning); an explicit train.T overrides the budget of either schedule.
     """
     tr, L, m = cfg.train, cfg.data.L, cfg.model.m
     if tr.schedule == "theory":
@@ -277,5 +278,5 @@ def schedule(cfg: TrialConfig, grad_sq: float | None = None) -> Schedule:
         lam = tr.c_lambda * tr.eps / L
         eta = None if grad_sq is None else tr.c_eta * tr.eps / (L * max(grad_sq, 1e-30))
         T = tr.c_T * 2000 * L / tr.eps
-    T_final = tr.T if tr.T > 0 else math.ceil(min(T, 1e12))  # the theory's T can overflow to inf
+    T_final = tr.T if tr.T > 0 else max(tr.min_steps, math.ceil(min(T, 1e12)))  # the theory's T can be inf
     return Schedule(lam=lam, eta=eta, T=T_final)

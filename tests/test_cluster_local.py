@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from cluster_testlib import (
     REPO,
+    SMALL,
     SMOKE,
     Host,
     base_env,
@@ -139,7 +140,7 @@ def _nodes(port: int, token: str, count: int) -> list[dict] | None:
 
 
 def test_smoke_sweep_runs_on_both_nodes_and_reaches_mlflow(cluster):
-    sets = ("seeds=1", "name=cluster-smoke")  # the smoke sweep, one seed of four: 12 points
+    sets = (*SMALL, "name=cluster-smoke")  # 12 points
     t0 = time.monotonic()
     cluster.submit("smoke", SMOKE, *[f"--set={s}" for s in sets])
     cluster.wait("smoke")
@@ -213,7 +214,7 @@ def test_worker_stopped_mid_sweep_its_trials_finish_on_the_head(cluster):
     """`ray stop` on the worker while it runs trials: they are retried on the head from their checkpoints,
     into the same runs; the sweep completes with one FINISHED run per point, nothing lost or duplicated."""
     # 4 long points (no plateau before their budget), two packs of two: ~30 s each
-    sets = ("seeds=1", "name=cluster-kill", "data.L=[12]", "train.T=200000", "train.min_steps=200000")
+    sets = (*SMALL, "name=cluster-kill", "data.L=[12]", "train.T=200000", "train.min_steps=200000")
     uri, c = cluster.mlflow, client(cluster.mlflow)
     t0 = time.monotonic()
     cluster.submit("kill", SMOKE, *[f"--set={s}" for s in sets])

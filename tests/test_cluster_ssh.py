@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import shlex
 import shutil
 import subprocess
 import time
@@ -23,6 +24,7 @@ import yaml
 from cluster_testlib import (
     BIN,
     REPO,
+    SMALL,
     SMOKE,
     Host,
     base_env,
@@ -112,7 +114,7 @@ def test_ray_up_submit_down_over_ssh_with_the_onprem_config():
         assert (root / "home/.ray/auth_token").read_text() == token  # the client's token, on the head
         assert (root / "home/rnnsgd/cluster/sweep.py").is_file()  # the project, synced
 
-        sets = ("seeds=1", "name=onprem-smoke")
+        sets = (*SMALL, "name=onprem-smoke")
         t0 = time.monotonic()
         out = ray("submit", str(path), "cluster/sweep.py", "--", SMOKE, *[f"--set={s}" for s in sets])
         t_submit = time.monotonic() - t0
@@ -128,9 +130,8 @@ def test_ray_up_submit_down_over_ssh_with_the_onprem_config():
         wait_for("the SSH tunnel to MLflow", lambda: _healthy(uri), timeout=60, every=0.5)
         runs = check_runs(uri, "onprem-smoke", sets)
         assert {r.data.tags["rnnsgd.host"] for r in runs.values()} == {_hostname(host)}
-        status = ray(
-            "exec", str(path), f"cd ~/rnnsgd && rnnsgd status {SMOKE} --set seeds=1 --set name=onprem-smoke"
-        )
+        args = " ".join(shlex.quote(f"--set={s}") for s in sets)
+        status = ray("exec", str(path), f"cd ~/rnnsgd && rnnsgd status {SMOKE} {args}")
         assert "done 12" in status and "tracking http://127.0.0.1:5000" in status, status[-2000:]
 
         t0 = time.monotonic()

@@ -106,6 +106,7 @@ def test_practical_schedule():
         assert s.lam == pytest.approx(2.0 * 0.05 / 8)
         assert s.eta * 3.0 == pytest.approx(0.5 * 0.05 / 8)
         assert s.T == schedule(cfg).T >= 1
+    assert schedule(TrialConfig.from_flat({**base, "train.c_T": 1e-6, "train.min_steps": 700})).T == 700
     assert schedule(TrialConfig.from_flat({**base, "train.T": 123})).T == 123
     # T grows as eps shrinks, and with c_T
     loose, tight = (schedule(TrialConfig.from_flat({**base, "train.eps": e})).T for e in (0.1, 0.01))

@@ -109,6 +109,19 @@ def test_a_main_task_learned_nowhere_gets_a_diagnosis(runs, verdict, says, tmp_p
     assert "N* reached by no unit at any L" in claim.evidence
 
 
+def test_a_few_units_out_of_steps_stay_in_the_fit_as_right_censored(tmp_path):
+    """One unit of six at the largest L ran out of steps above the level: no cell is mostly budget-censored
+    and budget censoring is under a quarter of the units, so the grid is decided, with that unit kept as
+    right-censored (reason budget)."""
+    runs = e1_runs()
+    unit = (runs["data.L"] == runs["data.L"].max()) & (runs["seed.teacher"] == 0) & (runs["seed.run"] == 0)
+    runs.loc[unit, Y] = 0.9
+    runs.loc[unit, "outcome"] = "budget"
+    claim = c1(runs, tmp_path)
+    assert not claim.verdict.startswith("undecided"), claim.evidence
+    assert "right-censored (budget 1)" in claim.evidence
+
+
 def test_a_grid_that_ran_out_of_steps_is_undecided(tmp_path):
     runs = e1_runs()
     cut = runs["data.L"] >= 32  # the budget ran out before these learned: risk stuck above the level

@@ -31,7 +31,8 @@ def test_smoke_sweep_end_to_end(ray_local, store):
     """sweeps/smoke.yaml (budgets cut for the test): one FINISHED child per point under one parent, every
     metric of docs/metrics.md at several steps, every tag, the params; full coverage; a re-run runs
     nothing."""
-    sets = {"train.T": "300", "data.n_test": "128", "train.probe": "8", "grid.data.L": "[4, 8]", "seeds": "2"}
+    sets = {"train.T": "300", "data.n_test": "128", "train.probe": "8"}
+    sets |= {"data.L": "[4, 8]", "data.N": "[16, 64]"}
     sweep = load_sweep(os.path.join(REPO, "sweeps", "smoke.yaml"), sets=sets)
     out = io.StringIO()
     report = run_sweep(sweep, out=out, **store)

@@ -95,6 +95,7 @@ NEEDS = {
 }
 # below these, a run counts as near its init (few ReLU sign flips, a network close to its linearization)
 NEAR_INIT = {"act/flip_frac": 0.05, "lin/rel_err": 0.1}
+BUDGET_SHARE = 0.25  # more budget-censored units than this share of a grid's units: it measures the budget
 UNDERFIT = 0.8  # median relative train risk at or above this: train ~ test ~ the best constant
 # a control whose median threshold is within this factor of the main task's at every L learned alike
 ALIKE_RATIO = 2.0
@@ -186,6 +187,64 @@ def grid_table(runs: pd.DataFrame) -> pd.DataFrame:
                     "outcomes": ", ".join(f"{k} {n}" for k, n in sub["outcome"].value_counts().items()),
                 }
             )
+    return pd.DataFrame(rows)
+
+
+def risk_tables(runs: pd.DataFrame, y: str) -> list[tuple[str, pd.DataFrame]]:
+    """The median final y over the grid, one table per group of runs (task, control, other fixed axes):
+    rows and columns are the two most varied of L, N, m, w_var; diverged runs (their risk is not a number)
+    are left out of the medians and counted in the title."""
+    done = runs[runs["status"] == "FINISHED"] if "status" in runs else runs
+    if y not in done or done.empty:
+        return []
+    axes = sorted(
+        (k for k in ("data.N", "data.L", "model.m", "model.w_var") if k in done and done[k].nunique() > 1),
+        key=lambda k: -done[k].nunique(),
+    )[:2]
+    if not axes:
+        return []
+    tables = []
+    for label, sub in _groups(done, keep=tuple(axes)):
+        ok = sub[sub["outcome"] != "diverged"] if "outcome" in sub else sub
+        t = ok.pivot_table(index=axes[0], columns=axes[1:] or None, values=y, aggfunc="median")
+        t = t.to_frame(y) if isinstance(t, pd.Series) else t
+        t.columns = [f"{axes[1]}={c}" for c in t.columns] if len(axes) > 1 else t.columns
+        diverged = len(sub) - len(ok)
+        title = f"median {y}" + (f", {label}" if label else "") + (f" ({diverged} diverged runs left out)"
+                                                                   if diverged else "")  # fmt: skip
+        tables.append((title, t.reset_index()))
+    return tables
+
+
+ESTIMATORS = {"test/rel_risk_tail": "tail average of W'", "test/rel_risk": "last iterate"}
+
+
+def estimator_noise(runs: pd.DataFrame) -> pd.DataFrame:
+    """How much each risk estimate jumps between neighbouring N on one curve (one unit at one L, the main
+    task): the median of abs(log(y_N' / y_N)) over neighbouring grid points, and the share of those steps
+    where the risk goes up although N grew, over the points where the network has learned something
+    (y < 0.9)."""
+    done = runs[(runs["status"] == "FINISHED") & (runs["outcome"] != "diverged")]
+    done = done[classify(done) == "main"]
+    rows = []
+    for y, what in ESTIMATORS.items():
+        if y not in done or done["data.N"].nunique() < 2:
+            continue
+        steps = []
+        for _, curve in done.groupby(["data.L", "model.m", *DEFAULT_UNIT]):
+            v = curve.sort_values("data.N")[y].to_numpy(float)
+            pair = np.isfinite(v[:-1]) & np.isfinite(v[1:]) & (v[:-1] < 0.9) & (v[1:] < 0.9)
+            steps.append(np.diff(np.log(np.clip(v, 1e-12, None)))[pair])
+        d = np.concatenate(steps) if steps else np.array([])
+        rows.append(
+            {
+                "estimate": f"{what} ({y})",
+                "neighbour pairs": len(d),
+                "median abs log ratio": float(np.median(np.abs(d))) if len(d) else math.nan,
+                "90% abs log ratio": float(np.quantile(np.abs(d), 0.9)) if len(d) else math.nan,
+                "share going up": float(np.mean(d > 0)) if len(d) else math.nan,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -289,16 +348,17 @@ def _reason_counts(thr: pd.DataFrame) -> str:
 
 
 def budget_limited(thr: pd.DataFrame) -> bool:
-    """Budget-censored units are most of the right-censored ones, or most units of some L are: the grid
-    measures the step budget, not the samples."""
-    right = int((thr["censor"] == "right").sum())
+    """The step budget, not the samples, decides the thresholds: most units of some L ran out of steps, or
+    more than BUDGET_SHARE of all units did. A few budget-censored units are kept in the likelihood as
+    right-censored instead, which pulls the fit toward faster growth: against a polynomial verdict."""
     budget = int((thr["reason"] == "budget").sum())
-    return budget > right / 2 or bool(censoring_summary(thr, by=("data.L",))["budget_limited"].any())
+    flagged = bool(censoring_summary(thr, by=("data.L",))["budget_limited"].any())
+    return flagged or budget > BUDGET_SHARE * len(thr)
 
 
 def main_verdict(g: GroupFit, what: str) -> tuple[str, str, list[tuple[str, pd.DataFrame]]]:
     """(verdict, evidence, tables) of the main task: its diagnosis if it learned nowhere, "undecided:
-    budget-limited" if its grid ran out of steps, else the law the fits select."""
+    budget-limited" if an N* grid ran out of steps, else the law the fits select."""
     if g.thr is None:
         return "insufficient data", g.error, []
     thr = g.thr
@@ -307,7 +367,8 @@ def main_verdict(g: GroupFit, what: str) -> tuple[str, str, list[tuple[str, pd.D
     if (thr["censor"] == "right").all():
         verdict, why = diagnose(g.runs)
         return verdict, f"{what} reached by no unit at any L ({counts}): {why}.", [censoring]
-    if budget_limited(thr):
+    # for T* a run out of steps is the answer's own right-censoring (T* > T); for N* it is a confound
+    if what == "N*" and budget_limited(thr):
         cells = censoring[1].loc[censoring[1]["budget_limited"], "data.L"].tolist()
         why = f"{counts}. Units ran out of steps while still improving" + (
             f" (most of the units at L = {', '.join(f'{v:g}' for v in cells)})" if cells else ""
@@ -463,11 +524,12 @@ def claim_c2(runs, y, level, n_boot) -> Claim:
             "C2", TEXTS["C2"], "insufficient data", "needs >= 2 values of model.m and >= 2 of data.N"
         )
     rows, problems = [], []
+    # crossings enter as their interpolated N*: over a few widths most units cross in one bracket of the 2x N
+    # grid, where the interval likelihood has no scale (sigma -> 0) and its bootstrap CI collapses to a point
     for label, sub in _groups(runs[~runs["data.online"]], keep=("data.N", "model.m")):
         try:
-            rows.append(
-                tost_flat_slope(sub, x="model.m", y=y, level=level, n_boot=n_boot).assign(group=label)
-            )
+            fit = tost_flat_slope(sub, x="model.m", y=y, level=level, n_boot=n_boot, censoring="exact")
+            rows.append(fit.assign(group=label))
         except ValueError as e:
             problems.append(f"{label}: {e}")
     if not rows:
@@ -483,7 +545,8 @@ def claim_c2(runs, y, level, n_boot) -> Claim:
     else:
         verdict = "inconclusive"
     skipped = f" Not fitted: {' '.join(problems)}" if problems else ""
-    evidence = f"{ev} (flat iff the 90% CI lies in +-0.1).{skipped}"
+    bound = f"{t['bound'].iloc[0]:g}"
+    evidence = f"{ev} (flat iff the 90% CI lies in +-{bound}; N* interpolated in its bracket).{skipped}"
     return Claim("C2", TEXTS["C2"], verdict, evidence, [("slope of log N* on log m", t)], criterion=crit)
 
 
@@ -807,6 +870,8 @@ def to_markdown(r: Report, figures: str = "figures", preface: Sequence[str] = ()
         "## Grid\n",
         _table_md(r.grid),
     ]
+    for title, t in risk_tables(r.runs, r.metric):
+        parts += [f"**{title}**\n", _table_md(t)]
     for c in targeted:
         parts += [f"## {c.id}: {c.verdict}\n", f"{c.text}\n" if c.text else ""]
         parts += [f"Read as: {c.criterion}.\n" if c.criterion else "", f"{c.evidence}\n"]
@@ -816,6 +881,14 @@ def to_markdown(r: Report, figures: str = "figures", preface: Sequence[str] = ()
     if "learning_curves" in r.figures:
         parts += ["## Learning curves\n", f"![learning curves]({figures}/learning_curves.png)\n"]
     parts += [f"![{n}]({figures}/{n}.png)\n" for n in r.figures if n.startswith("heatmap")]
+    noise = estimator_noise(r.runs) if {"status", "outcome", "data.N"} <= set(r.runs.columns) else None
+    if noise is not None and len(noise) == 2:
+        parts += [
+            "## The risk estimate: tail average against last iterate\n",
+            "Between neighbouring N on one curve the risk should only fall; how much each estimate jumps "
+            "instead (main task, points below 0.9):\n",
+            _table_md(noise),
+        ]
     caveats = scale_and_caveats(r.runs)
     if caveats:
         parts += ["## Scale and caveats\n", "\n".join(caveats) + "\n"]
