@@ -210,8 +210,8 @@ def risk_tables(runs: pd.DataFrame, y: str) -> list[tuple[str, pd.DataFrame]]:
         t = t.to_frame(y) if isinstance(t, pd.Series) else t
         t.columns = [f"{axes[1]}={c}" for c in t.columns] if len(axes) > 1 else t.columns
         diverged = len(sub) - len(ok)
-        title = f"median {y}" + (f", {label}" if label else "") + (f" ({diverged} diverged runs left out)"
-                                                                   if diverged else "")  # fmt: skip
+        title = f"median {y}" + (f", {label}" if label else "")
+        title += f" ({diverged} diverged runs left out)" if diverged else ""
         tables.append((title, t.reset_index()))
     return tables
 
