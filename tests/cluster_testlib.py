@@ -33,8 +33,9 @@ from rnnsgd.sweep.spec import load_sweep
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: ray, mlflow, rnnsgd
 SMOKE = "sweeps/smoke.yaml"
-# the Quickstart sweep cut to 12 short points (3 L x 2 N x 2 tasks, one seed, m = 64): seconds each
-SMALL = ("zip=[]", "seeds=1", "model.m=64", "data.L=[4, 8, 12]", "data.N=[32, 512]")
+# the Quickstart sweep cut to 12 short points (3 L x 2 N x 2 tasks, one seed, m = 64): seconds each. No
+# spaces: `ray submit` joins the script's arguments into a remote shell command unquoted
+SMALL = ("zip=[]", "seeds=1", "model.m=64", "data.L=[4,8,12]", "data.N=[32,512]")
 # Folders a Host with its own /root or /tmp must still see (the repository, its venv, the Python behind it).
 KEEP = sorted({Path(p).resolve() for p in (REPO, sys.prefix, sys.base_prefix)}, key=lambda p: len(p.parts))
 KEEP = [p for p in KEEP if not any(p.is_relative_to(q) and p != q for q in KEEP)]

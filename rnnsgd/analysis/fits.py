@@ -58,9 +58,9 @@ VERDICT_RULE = (
     "without the bootstrap."
 )
 SUPERPOLY_ALPHA = 0.01
-# largest / smallest x a law verdict needs: the smallest span at which E0 (`rnnsgd analyze --validate`),
-# at the noise measured on sweeps/e1.yaml's cpu variant and 9 units a cell, gave every generator >= 95%
-# right verdicts (docs/findings.md has the table)
+# largest / smallest x a law verdict needs: the smallest span at which E0 (`rnnsgd analyze --validate`), at
+# the noise measured on sweeps/e1.yaml's cpu variant with 9 units a cell, tells a power law from an
+# exponential right >= 95% of the time (docs/claims.md; the table: docs/findings/e0.txt)
 DEFAULT_MIN_SPAN = 8.0
 
 

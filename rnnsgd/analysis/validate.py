@@ -64,7 +64,7 @@ from .thresholds import threshold
 
 L_GRID = (4, 6, 8, 12, 16, 24, 32, 48, 64)
 N_GRID = tuple(int(2**p) for p in range(6, 17))
-STUDY_N_GRID = tuple(int(2**p) for p in range(3, 12))  # the CPU sweep's N grid
+STUDY_N_GRID = tuple(int(2**p) for p in range(3, 11))  # the N grid of sweeps/e1.yaml --variant cpu
 VERDICT_LAWS = ("power", "exponential", "quasi", "encompassing")  # every law the verdict reads
 TARGET = 0.95
 DEFAULT_NOISE = {"sd_teacher": 0.1, "sd_cell": 0.05, "sd_seed": 0.25, "sd_point": 0.1, "alpha": 0.5}
