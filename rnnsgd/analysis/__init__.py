@@ -1,4 +1,4 @@
-"""rnnsgd.analysis: runs -> thresholds (N*, T*) -> fits -> verdicts (EXPERIMENTS.md)."""
+"""rnnsgd.analysis: runs -> thresholds (N*, T*) -> fits -> verdicts (docs/claims.md)."""
 
 from .fits import (
     aggregate_seeds,

@@ -1,4 +1,4 @@
-"""Additive power laws, Hoffmann et al. 2022 "approach 3" (EXPERIMENTS.md, "Continuous companion").
+"""Additive power laws, Hoffmann et al. 2022 "approach 3" (the continuous companion of the thresholds).
 
     y = E + sum_k A_k x_k^(-alpha_k),   E = e^e, A_k = e^(a_k)
 
@@ -262,7 +262,7 @@ def fit_learning_curve(
     n_boot: int = 200,
     seed: int | np.random.Generator | None = 0,
 ) -> pd.DataFrame:
-    """Per x (e.g. per L), risk(N) = OPT + A N^(-alpha) (EXPERIMENTS.md, "Continuous companion").
+    """Per x (e.g. per L), risk(N) = OPT + A N^(-alpha) (the continuous companion of the thresholds).
 
     E: "opt" fixes the floor at the mean of the `opt` column within the group (OPT is measured per run on
     the test set); None fits it freely; a number fixes it (0 for an excess risk). Seeds are pooled; the

@@ -1,4 +1,4 @@
-"""Hierarchical bootstrap weights (EXPERIMENTS.md, "Uncertainty").
+"""Hierarchical bootstrap weights (docs/claims.md, "From thresholds to a verdict").
 
 One replicate resamples teachers (clusters) with replacement, then, in each cell (one x value, e.g. one L, of
 one drawn teacher), resamples that cell's seeds (units) with replacement. A replicate is returned as a count

@@ -1,4 +1,4 @@
-"""Censored-normal maximum likelihood, batched (EXPERIMENTS.md, "How thresholds and fits are computed").
+"""Censored-normal maximum likelihood, batched (docs/claims.md, "From thresholds to a verdict").
 
 Model: log y*_i = mu(x_i; theta) + sigma z_i, z_i ~ N(0, 1). Observation i is known to lie in [lo_i, hi_i]
 (log scale). One formula covers the censored cases, with Phi(-inf) = 0 and Phi(inf) = 1:

@@ -1,4 +1,4 @@
-"""Scaling-law fits and model selection (EXPERIMENTS.md, "How thresholds and fits are computed").
+"""Scaling-law fits and model selection (docs/claims.md, "From thresholds to a verdict").
 
 Public:
     select_scaling_law   N*(L) (or T*(L)): censored ML fits of the candidate laws, AICc/BIC, Vuong, LR test,
@@ -344,7 +344,7 @@ def select_scaling_law(
     p_win: float = 0.95,
     seed: int | np.random.Generator | None = 0,
 ) -> pd.DataFrame:
-    """Which law does y*(x) follow? (EXPERIMENTS.md E1, "How thresholds and fits are computed".)
+    """Which law does y*(x) follow? (docs/claims.md: C1 and E1.)
 
     df: per-run rows with `level` (thresholded here, per unit, so the bootstrap re-runs the whole
     pipeline), threshold rows, or point values of y* (module docstring). x: the column the laws are in
@@ -594,7 +594,7 @@ def tost_flat_slope(
     censoring: str = "interval",
     seed: int | np.random.Generator | None = 0,
 ) -> pd.DataFrame:
-    """TOST equivalence test that y* is flat in x (EXPERIMENTS.md E2): fit log y* = a + k log x + sigma z by
+    """TOST equivalence test that y* is flat in x (claim C2): fit log y* = a + k log x + sigma z by
     censored ML, take the (1 - 2 alpha) = 90% hierarchical-bootstrap percentile CI of the slope k, and call
     it flat iff that CI lies inside (-bound, bound). Inputs as select_scaling_law (per-run rows with level,
     threshold rows, or point values); by: columns to split on first (e.g. data.L), one row per group.

@@ -1,4 +1,4 @@
-"""Candidate laws mu(x; theta) for log y* (EXPERIMENTS.md, "How thresholds and fits are computed").
+"""Candidate laws mu(x; theta) for log y* (docs/claims.md, "From thresholds to a verdict").
 
     power          a + k log x
     exponential    a + c x

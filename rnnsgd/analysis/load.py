@@ -1,9 +1,9 @@
 """MLflow -> tidy pandas frames: one row per run, and a long history (run, step, metric, value).
 
-The analysis reads only what MLflow holds (DESIGN.md). A sweep is an MLflow experiment named after it; each
-grid point is a child run tagged `sweep` and `point_id`. Where a point has several runs (a failed attempt,
-then a finished re-run), the FINISHED one counts; resumed trials re-log the step after their last checkpoint,
-so the history keeps one value per (run, metric, step): the last one logged.
+The analysis reads only what MLflow holds (docs/metrics.md). A sweep is an MLflow experiment named after
+it; each grid point is a child run tagged `sweep` and `point_id`. Where a point has several runs (a failed
+attempt, then a finished re-run), the FINISHED one counts; resumed trials re-log the step after their last
+checkpoint, so the history keeps one value per (run, metric, step): the last one logged.
 """
 
 from __future__ import annotations
