@@ -29,8 +29,9 @@ import time
 import torch
 from bench_train import Reference  # the same torch.nn.RNN autograd loop, one definition
 
-from rnnsgd.config import TrialConfig
-from rnnsgd.packed import MEMORY_FRACTION, PackedTrainer, estimate_bytes, memory_budget
+from rnnsgd.config import MEMORY_FRACTION, TrialConfig
+from rnnsgd.memory import estimate_bytes, memory_budget
+from rnnsgd.packed import PackedTrainer
 from rnnsgd.train import Trainer
 
 

@@ -280,3 +280,10 @@ def schedule(cfg: TrialConfig, grad_sq: float | None = None) -> Schedule:
         T = tr.c_T * 2000 * L / tr.eps
     T_final = tr.T if tr.T > 0 else max(tr.min_steps, math.ceil(min(T, 1e12)))  # the theory's T can be inf
     return Schedule(lam=lam, eta=eta, T=T_final)
+
+
+def eval_steps(T: int, per_decade: int) -> list[int]:
+    """0, then round(10^(k / per_decade)) up to T, then T."""
+    n = int(math.ceil(per_decade * math.log10(max(T, 1)))) + 1
+    steps = {0, T} | {round(10 ** (k / per_decade)) for k in range(n)}
+    return sorted(s for s in steps if s <= T)

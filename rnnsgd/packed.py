@@ -19,16 +19,14 @@ than separate ones.
 
     results = train_packed([cfg.replace(**{"seed.run": s}) for s in range(16)], on_eval)
 
-Memory is bounded: `estimate_bytes` sizes a pack before anything is allocated, and `train_packed` refuses a
-pack over `memory_fraction` of the device's memory (or an explicit `budget_bytes`); `max_pack` says how many
-models of a shape fit.
+Memory is bounded: `train_packed` refuses a pack whose estimate (rnnsgd.memory) is over `memory_fraction` of
+the device's memory (or an explicit `budget_bytes`), before anything is allocated.
 """
 
 from __future__ import annotations
 
 import glob
 import math
-import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -37,17 +35,9 @@ from typing import Any
 
 import torch
 
-from rnnsgd.config import MEMORY_FRACTION, TrialConfig, schedule
-from rnnsgd.train import (
-    RunResult,
-    Sample,
-    Trainer,
-    block_steps,
-    eval_chunk,
-    eval_steps,
-    resolve_device,
-    sgd_steps,
-)
+from rnnsgd.config import MEMORY_FRACTION, TrialConfig
+from rnnsgd.memory import CHUNK_STEPS, block_steps, max_pack, memory_budget, model_bytes, pack_bytes
+from rnnsgd.train import RunResult, Sample, Trainer, resolve_device, sgd_steps
 
 PACK_FIELDS = (
     "model.m",
@@ -60,7 +50,6 @@ PACK_FIELDS = (
     "train.loss",
     "train.device",
 )  # what must be equal for trials to share a pack; everything else may differ
-CHUNK_STEPS = 4096  # sample rows of at most this many steps are indexed at once (bounds that index's memory)
 
 OnEval = Callable[[int, dict[str, float], Trainer], None]
 
@@ -69,86 +58,6 @@ def pack_key(cfg: TrialConfig) -> tuple[tuple[str, Any], ...]:
     """The fields that decide whether trials can share a pack: equal keys, one pack (up to `max_pack`)."""
     flat = cfg.to_flat()
     return tuple((key, flat[key]) for key in PACK_FIELDS)
-
-
-# ---------------------------------------------------------------------------------------------- memory
-
-
-def _longest_interval(cfg: TrialConfig) -> int:
-    steps = eval_steps(schedule(cfg).T, cfg.train.evals_per_decade)
-    return max(b - a for a, b in zip(steps, steps[1:], strict=False)) if len(steps) > 1 else 1
-
-
-def _model_bytes(cfg: TrialConfig) -> int:
-    """What one model of a pack holds on the device: weights, shift, data, one interval's sample stream."""
-    m, L, d_x, d, b = cfg.model.m, cfg.data.L, cfg.data.d_x, cfg.data.d, cfg.train.batch
-    row = L * (d_x + 1 + 2 * d) * 4  # one sample: x, y, f in float32
-    # W, W', W + W' (the step's buffer), A, B, the tail average's sums (at most one per interval in a
-    # doubling of steps, plus the running one and one being closed)
-    tail = math.ceil(cfg.train.evals_per_decade * math.log10(2)) + 3
-    weights = ((3 + tail) * m * m + m * (d_x + 1) + d * m) * 4
-    n_int = _longest_interval(cfg)
-    data = cfg.data.n_test * row + (0 if cfg.data.online else cfg.data.N * row)
-    # online: the interval's fresh samples, their concatenation and their float64 draw; offline: the
-    # interval's sample rows (int64, on the CPU and the device)
-    stream = n_int * b * row * 4 if cfg.data.online else n_int * b * 8 * 2
-    teacher = L * L * cfg.data.p * d * (d_x + 1) * 8  # w*, b* in float64 (on the CPU)
-    bookkeeping = 2**18  # generators, history, Python objects
-    return weights + data + stream + n_int * 4 + teacher + bookkeeping  # n_int * 4: each step's objective
-
-
-def _shared_bytes(cfgs: Sequence[TrialConfig], K: int) -> int:
-    """Step buffers for a pack of K models like cfgs plus the largest single-model evaluation (models
-    evaluate in turn)."""
-    cfg = cfgs[0]
-    m, L, d_x, d, b = cfg.model.m, cfg.data.L, cfg.data.d_x, cfg.data.d, cfg.train.batch
-    per_step = K * b * L * m * 4  # one (L, K, b, m) float32 buffer
-    C = block_steps(K, cfg)
-    block = C * per_step + C * K * b * L * (d_x + 1 + d) * 4  # projected inputs, gathered samples
-    step = 8 * per_step + 2 * K * L * m * d * 4  # h, g, mask, delta, h_prev, z, temporaries
-    rows = CHUNK_STEPS * K * b * 8 * 2
-    evaluation = max(
-        3 * min(eval_chunk(c), c.data.n_test) * c.data.L * m * 4  # u, h, F of an objective chunk
-        + 12 * m * m * 8  # float64 W + W', eigvals / SVD workspaces
-        + 10 * c.train.probe * c.data.L * m * 8  # probe states, primal and tangent (JVP), float64
-        for c in cfgs
-    )
-    build = max(  # a model's data while it is drawn: float64 tokens, labels and inputs (one at a time)
-        max(c.data.n_test, 0 if c.data.online else c.data.N, 4096) * c.data.L * (2 * d_x + 2 + 2 * d) * 8
-        for c in cfgs
-    )
-    return block + step + rows + max(evaluation, build)
-
-
-def pack_bytes(cfgs: Sequence[TrialConfig]) -> int:
-    """Estimated peak device memory of training `cfgs` as one pack, with a margin (x 1.25 + 64 MiB)."""
-    return _with_margin(sum(_model_bytes(c) for c in cfgs) + _shared_bytes(cfgs, len(cfgs)))
-
-
-def _with_margin(total: int) -> int:
-    return int(1.25 * total) + 64 * 2**20
-
-
-def estimate_bytes(cfg: TrialConfig, K: int) -> int:
-    """Estimated peak device memory of a pack of K models like `cfg` (`pack_bytes` of K copies)."""
-    if K < 1:
-        raise ValueError(f"K: a pack holds at least one model, got {K}")
-    return _with_margin(K * _model_bytes(cfg) + _shared_bytes([cfg], K))
-
-
-def max_pack(cfg: TrialConfig, budget_bytes: int, limit: int = 2**20) -> int:
-    """The largest K <= limit with estimate_bytes(cfg, K) <= budget_bytes (0: not even one model fits)."""
-    if budget_bytes <= 0:
-        raise ValueError(f"budget_bytes: must be > 0, got {budget_bytes}")
-    if estimate_bytes(cfg, 1) > budget_bytes:
-        return 0
-    if estimate_bytes(cfg, limit) <= budget_bytes:
-        return limit
-    lo, hi = 1, limit  # lo fits, hi does not; estimate_bytes grows with K: bisect
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if estimate_bytes(cfg, mid) <= budget_bytes else (lo, mid)
-    return lo
 
 
 def cpu_cache_bytes() -> int:
@@ -177,20 +86,6 @@ def group_size(m: int, device: torch.device) -> int:
     if device.type == "cuda":
         return 2**31
     return max(1, cpu_cache_bytes() // 2 // (3 * m * m * 4))
-
-
-def device_memory(device: torch.device) -> int:
-    """Total memory of the device in bytes: the GPU's, or the machine's RAM for the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def memory_budget(device: torch.device, memory_fraction: float = MEMORY_FRACTION) -> int:
-    """memory_fraction (in (0, 1]) of the device's memory, in bytes."""
-    if not (isinstance(memory_fraction, int | float) and 0 < memory_fraction <= 1):
-        raise ValueError(f"memory_fraction: must be in (0, 1], got {memory_fraction!r}")
-    return int(memory_fraction * device_memory(device))
 
 
 def check_pack(
@@ -224,7 +119,7 @@ def check_pack(
         budget, how = memory_budget(devices[0], memory_fraction), f"memory_fraction={memory_fraction:g}"
     need = pack_bytes(cfgs)
     if need > budget:
-        fit = max_pack(max(cfgs, key=_model_bytes), budget)
+        fit = max_pack(max(cfgs, key=model_bytes), budget)
         raise ValueError(
             f"pack size K = {len(cfgs)}: needs about {need / 2**30:.3g} GiB on {devices[0]}, over the "
             f"budget of {budget / 2**30:.3g} GiB ({how}); at most {fit} models of this shape fit"
@@ -499,15 +394,4 @@ def train_packed(
     )
 
 
-__all__ = [
-    "MEMORY_FRACTION",
-    "PACK_FIELDS",
-    "PackedTrainer",
-    "check_pack",
-    "estimate_bytes",
-    "max_pack",
-    "memory_budget",
-    "pack_bytes",
-    "pack_key",
-    "train_packed",
-]
+__all__ = ["PACK_FIELDS", "PackedTrainer", "check_pack", "pack_key", "train_packed"]

@@ -26,16 +26,15 @@ from typing import Any
 import torch
 
 from rnnsgd import concept
-from rnnsgd.config import TrialConfig, schedule
+from rnnsgd.config import TrialConfig, eval_steps, schedule
 from rnnsgd.diagnostics import KEYS as DIAGNOSTIC_KEYS
 from rnnsgd.diagnostics import diagnostics, lag_recovery
+from rnnsgd.memory import block_steps, eval_chunk
 from rnnsgd.model import RNN
 from rnnsgd.phi import parse_phi
 
 OUTCOMES = ("completed", "budget", "diverged")
 LAG_PROBE = 512  # test samples that measure the per-lag recovery of task `lags` (rnnsgd.diagnostics)
-BLOCK_BYTES = 2**20  # the input terms A x of this many bytes of SGD steps are computed at once
-EVAL_BYTES = 2**27  # an evaluation's forward pass holds its hidden states for at most this many bytes at once
 
 
 def named_generator(seed: int, name: str) -> torch.Generator:
@@ -50,13 +49,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("train.device: cuda was asked for but torch sees no CUDA device")
     return torch.device(name)
-
-
-def eval_steps(T: int, per_decade: int) -> list[int]:
-    """0, then round(10^(k / per_decade)) up to T, then T."""
-    n = int(math.ceil(per_decade * math.log10(max(T, 1)))) + 1
-    steps = {0, T} | {round(10 ** (k / per_decade)) for k in range(n)}
-    return sorted(s for s in steps if s <= T)
 
 
 @dataclass
@@ -378,18 +370,6 @@ class Trainer:
         self.history.append(metrics)
         if on_eval is not None:
             on_eval(metrics, self)
-
-
-def eval_chunk(cfg: TrialConfig) -> int:
-    """How many samples an evaluation's forward pass takes at once: EVAL_BYTES of hidden states, at most 4096
-    (m = 1024, L = 64: 512 samples, 128 MiB, where 4096 took 1 GiB per buffer and capped packs on a GPU)."""
-    return max(1, min(4096, EVAL_BYTES // (cfg.data.L * cfg.model.m * 4)))
-
-
-def block_steps(K: int, cfg: TrialConfig) -> int:
-    """How many SGD steps `sgd_steps` takes per call for a pack of K: BLOCK_BYTES of input terms."""
-    per_step = K * cfg.train.batch * cfg.data.L * cfg.model.m * 4
-    return max(1, min(1024, BLOCK_BYTES // per_step))
 
 
 def sgd_steps(

@@ -11,16 +11,8 @@ import torch
 from test_train import same, small, without_perf  # one definition of the shared test helpers
 
 from rnnsgd.config import TrialConfig
-from rnnsgd.packed import (
-    PACK_FIELDS,
-    PackedTrainer,
-    check_pack,
-    estimate_bytes,
-    max_pack,
-    pack_bytes,
-    pack_key,
-    train_packed,
-)
+from rnnsgd.memory import estimate_bytes, max_pack, pack_bytes
+from rnnsgd.packed import PACK_FIELDS, PackedTrainer, check_pack, pack_key, train_packed
 from rnnsgd.train import Trainer, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")

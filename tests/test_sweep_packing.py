@@ -14,7 +14,7 @@ import pytest
 from sweep_testlib import assert_one_finished_per_point, by_point, client, steps, sweep_runs, write_sweep
 
 from rnnsgd.config import TrialConfig
-from rnnsgd.packed import pack_bytes
+from rnnsgd.memory import pack_bytes
 from rnnsgd.sweep.packing import AUTO_MAX, plan, split_to_fit
 from rnnsgd.sweep.runner import run_sweep
 from rnnsgd.sweep.spec import Pack, SweepError, load_sweep

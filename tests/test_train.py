@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from rnnsgd import concept
+from rnnsgd import concept, memory
 from rnnsgd import train as train_module
 from rnnsgd.config import LOSSES, TASKS, TrialConfig
 from rnnsgd.model import RNN
@@ -412,15 +412,15 @@ def test_objective_in_chunks_of_bounded_memory(monkeypatch):
     """The evaluation's forward pass takes eval_chunk samples at a time: EVAL_BYTES of hidden states (at most
     4096 samples); the objective over chunks is the mean over all samples."""
     cfg = small(**{"data.n_test": 100})
-    assert train_module.eval_chunk(cfg) == 4096  # small shapes: the cap
+    assert memory.eval_chunk(cfg) == 4096  # small shapes: the cap
     big = TrialConfig.from_flat({**cfg.to_flat(), "model.m": 2048, "data.L": 64})
-    assert train_module.eval_chunk(big) == 2**27 // (64 * 2048 * 4) == 256
+    assert memory.eval_chunk(big) == 2**27 // (64 * 2048 * 4) == 256
     trainer = Trainer(cfg)
     trainer.W_shift.normal_(0, 0.01, generator=torch.Generator().manual_seed(0))
     whole = trainer.objective(trainer.test)
     row = cfg.data.L * cfg.model.m * 4
-    monkeypatch.setattr(train_module, "EVAL_BYTES", 7 * row)  # 100 samples in chunks of 7
-    assert train_module.eval_chunk(cfg) == 7
+    monkeypatch.setattr(memory, "EVAL_BYTES", 7 * row)  # 100 samples in chunks of 7
+    assert memory.eval_chunk(cfg) == 7
     assert trainer.objective(trainer.test) == pytest.approx(whole, rel=1e-6)
 
 

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from rnnsgd.config import TrialConfig
-from rnnsgd.packed import max_pack, memory_budget, pack_bytes, pack_key
+from rnnsgd.memory import max_pack, memory_budget, pack_bytes
+from rnnsgd.packed import pack_key
 from rnnsgd.sweep.spec import Pack, Resources, SweepError
 
 # The most points `pack.size: auto` puts in one trial: on a CPU the per-model rate stops rising at K ~ 16

@@ -115,7 +115,8 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any], packs: list[list[dict
     import ray
     from ray import tune
 
-    from rnnsgd.packed import pack_bytes, train_packed
+    from rnnsgd.memory import pack_bytes
+    from rnnsgd.packed import train_packed
     from rnnsgd.sweep.packing import split_to_fit, trial_budget
     from rnnsgd.sweep.spec import Pack, Resources
 
