@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
     os.chdir(PROJECT)  # sweep files and the default runs/ folder are relative to the project
     sys.path.insert(0, str(PROJECT))  # the driver runs the synced code too
     os.environ["RAY_ADDRESS"] = "auto"  # the cluster on this node; the sweep then treats it as a cluster
-    from rnnsgd.sweep.runner import RAY_ENV
+    from rnnsgd.sweep.localray import RAY_ENV
 
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)

@@ -6,6 +6,7 @@
     packing.py   which points share a trial (packs of one shape, balanced over the trial slots)
     faults.py    RNNSGD_FAULT, the fault injection the tests use
     runner.py    the driver: Ray start/join, resume and grow, one Tuner over the missing points
+    localray.py  Ray joined at RAY_ADDRESS, or started locally: loopback only, and gone with its driver
     progress.py  the live progress line (a Tune callback)
     status.py    `rnnsgd status`: the grid's coverage, read from MLflow
 

@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 from rnnsgd.config import TrialConfig, format_value, schedule
 from rnnsgd.sweep.faults import parse_faults
+from rnnsgd.sweep.localray import connect_ray
 from rnnsgd.sweep.spec import Point, Sweep, SweepError
 from rnnsgd.sweep.tracking import (
     SweepTracker,
@@ -40,11 +41,6 @@ from rnnsgd.sweep.tracking import (
     store_exists,
 )
 
-RAY_ENV = {  # set before Ray starts, so that the local cluster's workers inherit them
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no CSV/JSON/TensorBoard loggers: MLflow is the record
-    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
-    "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0: no tables; the sweep prints its own progress line
-}
 QUIET_LOGGERS = (
     "ray.tune.analysis.experiment_analysis",
     "ray.tune.tune",
@@ -103,32 +99,6 @@ def git_sha() -> str:
 
 
 # ---------------------------------------------------------------------------------------------- Ray
-
-
-def connect_ray() -> bool:
-    """Join the cluster at RAY_ADDRESS, or start a local one (never a bare ray.init(), which would attach to
-    whatever a crashed `ray start` left recorded in /tmp/ray). Returns whether this call connected."""
-    for k, v in RAY_ENV.items():
-        os.environ.setdefault(k, v)
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = os.environ.get("RAY_ADDRESS")
-    logging_config = ray.LoggingConfig(log_level="WARNING")
-    if address:
-        try:
-            ray.init(address=address, logging_level=logging.WARNING, logging_config=logging_config)
-        except Exception as e:
-            raise SweepError(
-                f"RAY_ADDRESS: cannot join the Ray cluster at {address} ({type(e).__name__}: {e})"
-            ) from None
-    else:
-        ray.init(
-            address="local", include_dashboard=False, object_store_memory=256 * 1024**2,
-            logging_level=logging.WARNING, logging_config=logging_config,
-        )  # fmt: skip
-    return True
 
 
 def check_local_resources(sweep: Sweep) -> None:
