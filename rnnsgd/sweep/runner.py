@@ -1,14 +1,17 @@
 """The driver of a sweep: check everything, join or start Ray, run the points that are not done, close up.
 
-    1. checks (no compute, no runs): tracking URI reachable, Ray reachable, resources the machine can give
-       (torch is imported only where a check needs it, and otherwise beside Ray's start: it takes a second)
-    2. MLflow: the sweep's experiment and parent run; runs orphaned by a killed driver are marked KILLED
+    1. checks (no compute, no runs): tracking URI reachable, Ray reachable, resources the machine can give,
+       free space for the checkpoints (torch is imported only where a check needs it, and otherwise beside
+       Ray's start: it takes a second)
+    2. MLflow: the sweep's experiment and parent run (under a lock beside a SQLite store, so that a second
+       driver started at once is refused); runs orphaned by a killed driver are marked KILLED
     3. plan: points with a FINISHED run are skipped; an interrupted point re-attaches to its run and resumes
        from the last checkpoint a previous driver left in storage; the rest start fresh
     4. pack: points of one shape share a trial (rnnsgd.sweep.packing), up to pack.size and the memory budget
     5. one Ray Tune Tuner over the packs (reuse_actors, FailureConfig retries from the points' checkpoints)
-    6. close: runs left RUNNING become KILLED, the parent ends FINISHED / FAILED / KILLED, checkpoints of
-       finished points are deleted, and the `mlflow ui` command is printed
+    6. close, however 5 ended (Tune raising, a full disk, Ctrl+C): runs left RUNNING become KILLED, the
+       parent ends FINISHED / FAILED / KILLED, checkpoints of finished points are deleted, the summary says
+       what stopped the sweep if something did, and the `mlflow ui` command is printed
 
 Resuming is by MLflow state and checkpoints rather than Tuner.restore, which cannot add grid points.
 """
@@ -24,11 +27,19 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from rnnsgd.config import TrialConfig, format_value, schedule
+from rnnsgd.sweep.diskspace import (
+    check_free_space,
+    checkpoint_bytes,
+    free_bytes,
+    full_folders,
+    megabytes,
+    says_disk_full,
+)
 from rnnsgd.sweep.faults import parse_faults
 from rnnsgd.sweep.localray import connect_ray
 from rnnsgd.sweep.spec import Point, Sweep, SweepError
@@ -63,15 +74,19 @@ class SweepReport:
     wall_s: float  # from the call to the end, Ray and MLflow start-up included
     train_s: float  # sum over this run's trials of their time training (not tracking or checkpointing)
     concurrency: int
+    fault: str | None = None  # what stopped the sweep other than its points (a full disk, Ray Tune, MLflow)
 
     @property
     def exit_code(self) -> int:
+        if self.fault:
+            return 1
         return 0 if self.done == self.total else (130 if self.missing else 1)
 
     def summary(self) -> str:
-        stopped = " (stopped before the end)" if self.missing else ""
+        stopped = " (stopped before the end)" if self.missing and not self.fault else ""
         counts = f"{self.done}/{self.total} done, {self.failed} failed, {self.missing} not run"
-        return f"[{self.name}] {counts}{stopped}"
+        fault = f"; stopped by a fault: {self.fault}" if self.fault else ""
+        return f"[{self.name}] {counts}{stopped}{fault}"
 
     def ui_command(self) -> str:
         if self.tracking_uri.startswith("sqlite:"):
@@ -205,6 +220,7 @@ def run_sweep(
         parse_faults(fault)
     except ValueError as e:
         raise SweepError(str(e)) from None
+    storage_where = "--storage" if storage else f"{sweep.source}: storage" if sweep.storage else "storage"
     storage = storage or sweep.storage or default_storage()
     if "://" not in storage:
         storage = str(Path(storage).resolve())
@@ -213,12 +229,14 @@ def run_sweep(
     tracker = SweepTracker(uri) if store_exists(uri) else None
     if resume and (tracker is None or tracker.parent_info(sweep.name) is None):
         raise SweepError(f"{sweep.source}: --resume: sweep {sweep.name!r} has never run in {uri}")
-    if tracker is not None:  # a finished sweep run again: say so without starting Ray
+    to_run = _to_run(tracker, sweep) if tracker is not None else list(sweep.points)
+    if not to_run:  # a finished sweep run again: say so without starting Ray
+        out.write(f"[{sweep.name}] all {len(sweep.points)} points are done: nothing to run\n")
         done = _already_done(tracker, sweep)
-        if done is not None:
-            out.write(f"[{sweep.name}] all {len(sweep.points)} points are done: nothing to run\n")
-            done.wall_s = time.perf_counter() - t0
-            return done
+        done.wall_s = time.perf_counter() - t0
+        return done
+    new_store = uri[len("sqlite:///") :] if tracker is None and uri.startswith("sqlite:///") else None
+    check_free_space(sweep.name, to_run, storage, storage_where, new_store, where)
 
     def prepare() -> SweepTracker:
         """Beside Ray's start: torch's import (a second; the plan needs it) and MLflow's store (migrations,
@@ -235,9 +253,10 @@ def run_sweep(
             concurrency = check_cluster_resources(sweep, out)
             sha = git_sha()
             try:
-                experiment_id = tracker.experiment(sweep.name)
-                tags = {"git_sha": sha, "rnnsgd.source": sweep.source}
-                parent_id = tracker.open_parent(experiment_id, sweep.name, sweep.definition, tags)
+                with tracker.lock():  # a driver started at the same time then finds this one's parent RUNNING
+                    experiment_id = tracker.experiment(sweep.name)
+                    tags = {"git_sha": sha, "rnnsgd.source": sweep.source}
+                    parent_id = tracker.open_parent(experiment_id, sweep.name, sweep.definition, tags)
             except SweepError as e:  # a deleted experiment, or another live driver on this sweep
                 raise SweepError(f"{sweep.source}: {e}") from None
             # ---- from here on runs exist: no more bad input, only outcomes
@@ -258,77 +277,180 @@ def run_sweep(
     return report
 
 
+@dataclass
+class TuneRun:
+    """What one Tuner did, as its callback saw it (never read back from Tune's files, which a full disk may
+    have left empty): the trials' training time, the packs whose trials failed after their retries (with
+    Tune's error text, or None where Tune could not record it), and what fit() raised, if it did."""
+
+    train_s: float = 0.0
+    errors: dict[int, str | None] = field(default_factory=dict)
+    raised: str | None = None
+
+
 def _drive(
     sweep: Sweep, tracker: SweepTracker, ctx: dict[str, Any], concurrency: int, out: TextIO
 ) -> SweepReport:
+    """Plan, tune, close up; the close-up runs however the rest ends (a fault, Ctrl+C, an error), so that no
+    run the driver opened stays RUNNING, as far as MLflow can still be written."""
     experiment_id, parent_id = ctx["experiment_id"], ctx["parent_run_id"]
-    children = tracker.children(experiment_id, parent_id)
-    for runs in children.values():  # no other live driver holds this sweep (open_parent checked): orphans
-        for r in runs:
-            if r.status == "RUNNING":
-                tracker.mark_killed(r.run_id, "its driver stopped without closing it")
-    children = tracker.children(experiment_id, parent_id)
-
-    jobs: list[dict[str, Any]] = []
-    for p in sweep.points:
-        state, run = point_state(children.get(p.point_id, []))
-        if state != "done":
-            run_id = run.run_id if run is not None and state != "failed" else None  # failed: a new run
-            jobs.append({"point": p, "run_id": run_id})
-    total, done_before = len(sweep.points), len(sweep.points) - len(jobs)
-    reattached = sum(1 for j in jobs if j["run_id"])
-    packs = [[jobs[i] for i in p] for p in pack_points(sweep, [j["point"] for j in jobs], concurrency)]
-    in_packs = f" in {len(packs)} trial{'s' * (len(packs) > 1)}" if len(packs) != len(jobs) else ""
-    out.write(
-        f"[{sweep.name}] {total} points: {done_before} done before, {len(jobs)} to run{in_packs}"
-        + (f" ({reattached} re-attached to their interrupted runs)" if reattached else "")
-        + f"; {concurrency} trials at a time, {sweep.resources.cpu:g} CPU {sweep.resources.gpu:g} GPU each\n"
-    )
-    out.flush()
-
-    train_s = 0.0
-    if packs:
-        for result in _tune(sweep, packs, ctx, concurrency, done_before, out):
-            train_s += float((result.metrics or {}).get("train_s", 0.0))
-            if result.error is not None:  # retries exhausted: its process kept dying, or MLflow failed
-                for job in packs[result.config["i"]]:
-                    _fail_point(tracker, ctx, job["point"], result.error)
-
-    # ---- close up: nothing stays RUNNING, the parent says how it went, done points drop their checkpoints
-    children = tracker.children(experiment_id, parent_id)
-    counts = {"done": 0, "failed": 0, "missing": 0}
-    keep: set[str] = set()  # the checkpoints a re-run resumes from
-    for p in sweep.points:
-        state, run = point_state(children.get(p.point_id, []))
-        if state == "running":
-            tracker.mark_killed(run.run_id, "its trial stopped without closing it")
-            state = "missing"
-        counts[state] += 1
-        if state == "missing":
-            keep.add(p.point_id)
-    status = "FINISHED" if counts["done"] == total else ("KILLED" if counts["missing"] else "FAILED")
-    tracker.close_parent(parent_id, status, {**counts, "total": total})
+    plan: dict[str, Any] = {"jobs": [], "packs": [], "done_before": 0, "ran": TuneRun()}
     try:
-        prune(ctx["storage"], sweep.name, keep)
-    except OSError as e:
-        out.write(f"[{sweep.name}] could not prune old checkpoints in {ctx['storage']}: {e}\n")
+        children = tracker.children(experiment_id, parent_id)
+        for runs in children.values():  # no other live driver holds this sweep (open_parent checked): orphans
+            for r in runs:
+                if r.status == "RUNNING":
+                    tracker.mark_killed(r.run_id, "its driver stopped without closing it")
+        children = tracker.children(experiment_id, parent_id)
+
+        jobs: list[dict[str, Any]] = []
+        for p in sweep.points:
+            state, run = point_state(children.get(p.point_id, []))
+            if state != "done":
+                run_id = run.run_id if run is not None and state != "failed" else None  # failed: a new run
+                jobs.append({"point": p, "run_id": run_id})
+        total, done_before = len(sweep.points), len(sweep.points) - len(jobs)
+        reattached = sum(1 for j in jobs if j["run_id"])
+        packs = [[jobs[i] for i in p] for p in pack_points(sweep, [j["point"] for j in jobs], concurrency)]
+        plan.update(jobs=jobs, packs=packs, done_before=done_before)
+        in_packs = f" in {len(packs)} trial{'s' * (len(packs) > 1)}" if len(packs) != len(jobs) else ""
+        each = f"{sweep.resources.cpu:g} CPU {sweep.resources.gpu:g} GPU each"
+        out.write(
+            f"[{sweep.name}] {total} points: {done_before} done before, {len(jobs)} to run{in_packs}"
+            + (f" ({reattached} re-attached to their interrupted runs)" if reattached else "")
+            + f"; {concurrency} trials at a time, {each}\n"
+        )
+        out.flush()
+        if packs:
+            _tune(sweep, packs, ctx, concurrency, done_before, out, plan["ran"])
+    except KeyboardInterrupt:
+        _close(sweep, tracker, ctx, plan, concurrency, out, stopped="the driver was interrupted")
+        raise
+    except Exception as e:
+        _close(sweep, tracker, ctx, plan, concurrency, out, error=f"the driver failed: {_short(e)}")
+        raise
+    return _close(sweep, tracker, ctx, plan, concurrency, out)
+
+
+def _short(e: BaseException) -> str:
+    """An exception in one line: its type and the first line of its message."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
+
+
+def _disk_fault(sweep: Sweep, ctx: dict[str, Any], ran: TuneRun) -> str | None:
+    """'no space left on device in <folder>' when trials failed or Tune raised and the storage's or the SQLite
+    store's filesystem has not even room for a checkpoint left (or their errors say so)."""
+    if not ran.errors and not ran.raised:
+        return None
+    folders = [ctx["storage"]]
+    if ctx["tracking_uri"].startswith("sqlite:///"):
+        folders.append(str(Path(ctx["tracking_uri"][len("sqlite:///") :]).parent))
+    # a failed save removes its partial file: what is left free is less than a whole checkpoint, which
+    # holds a few more m x m matrices than the least that checkpoint_bytes counts
+    need = max(1 << 20, 4 * max(checkpoint_bytes(p.config()) for p in sweep.points))
+    full = full_folders(folders, need)
+    if full:
+        return "no space left on device in " + ", ".join(f"{f} ({megabytes(free_bytes(f))} free)"
+                                                           for f in full)  # fmt: skip
+    if any(says_disk_full(t) for t in [*filter(None, ran.errors.values()), ran.raised or ""]):
+        return f"no space left on device (in the storage {ctx['storage']} or the MLflow store)"
+    return None
+
+
+def _close(
+    sweep: Sweep,
+    tracker: SweepTracker,
+    ctx: dict[str, Any],
+    plan: dict[str, Any],
+    concurrency: int,
+    out: TextIO,
+    stopped: str | None = None,
+    error: str | None = None,
+) -> SweepReport:
+    """Close up: points whose trials Tune gave up on end FAILED, runs left RUNNING end KILLED (with the
+    reason: `stopped`, an interruption, or the fault), the parent ends FINISHED / FAILED (some failed, or a
+    fault) / KILLED (stopped), done points drop their checkpoints. Never raises: what it cannot write in
+    MLflow, the report's fault says."""
+    experiment_id, parent_id, total = ctx["experiment_id"], ctx["parent_run_id"], len(sweep.points)
+    ran: TuneRun = plan["ran"]
+    faults = [_disk_fault(sweep, ctx, ran), error]
+    if ran.raised and not stopped:  # Ctrl+C may surface from fit() as an error of its own
+        faults.append(f"Ray Tune failed: {ran.raised}")
+    fault = "; ".join(f for f in faults if f) or None
+    unwritten: list[str] = []  # MLflow writes that failed
+
+    def write(fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception as e:
+            unwritten.append(_short(e))
+
+    if fault:  # room for MLflow's own writes, if the store shares the full disk: Tune's folder is not needed
+        with contextlib.suppress(Exception):
+            prune(ctx["storage"], sweep.name)
+    for i, text in ran.errors.items():  # retries spent: its process kept dying, or MLflow or storage failed
+        why = text or f"its trial failed after {sweep.max_failures} retries ({fault or 'no error kept'})"
+        for job in plan["packs"][i]:
+            write(_fail_point, tracker, ctx, job["point"], why)
+
+    counts = {"done": plan["done_before"], "failed": 0, "missing": total - plan["done_before"]}
+    keep: set[str] | None = None  # the checkpoints a re-run resumes from (None: unknown, keep them all)
+    try:
+        children = tracker.children(experiment_id, parent_id)
+    except Exception as e:
+        unwritten.append(_short(e))
+    else:
+        counts, keep = {"done": 0, "failed": 0, "missing": 0}, set()
+        reason = f"the sweep stopped: {fault}" if fault else stopped or "its trial stopped without closing it"
+        for p in sweep.points:
+            state, run = point_state(children.get(p.point_id, []))
+            if state == "running":
+                write(tracker.mark_killed, run.run_id, reason)
+                state = "missing"
+            counts[state] += 1
+            if state == "missing":
+                keep.add(p.point_id)
+    if counts["done"] == total and not fault:
+        status = "FINISHED"
+    else:
+        status = "KILLED" if counts["missing"] and not fault else "FAILED"
+    write(tracker.close_parent, parent_id, status, {**counts, "total": total}, fault)
+    if keep is not None:
+        try:
+            prune(ctx["storage"], sweep.name, keep)
+        except OSError as e:
+            out.write(f"[{sweep.name}] could not prune old checkpoints in {ctx['storage']}: {e}\n")
+    if unwritten:
+        n = len(unwritten)
+        fault = (f"{fault}; " if fault else "") + (
+            f"{n} write{'s' * (n > 1)} to MLflow at {ctx['tracking_uri']} failed ({unwritten[0]}): runs "
+            "it could not close stay RUNNING until the next run of this sweep marks them KILLED"
+        )
     return SweepReport(
         name=sweep.name, tracking_uri=ctx["tracking_uri"], experiment_id=experiment_id,
         parent_run_id=parent_id, total=total, done=counts["done"], failed=counts["failed"],
-        missing=counts["missing"], ran=len(jobs), trials=len(packs), wall_s=0.0, train_s=train_s,
-        concurrency=concurrency,
+        missing=counts["missing"], ran=len(plan["jobs"]), trials=len(plan["packs"]), wall_s=0.0,
+        train_s=ran.train_s, concurrency=concurrency, fault=fault,
     )  # fmt: skip
+
+
+def _to_run(tracker: SweepTracker, sweep: Sweep) -> list[Point]:
+    """The sweep's points without a FINISHED run in the store."""
+    found = tracker.parent_info(sweep.name)
+    if found is None:
+        return list(sweep.points)
+    experiment_id, parent = found
+    children = tracker.children(experiment_id, parent.info.run_id)
+    return [p for p in sweep.points if point_state(children.get(p.point_id, []))[0] != "done"]
 
 
 def _already_done(tracker: SweepTracker, sweep: Sweep) -> SweepReport | None:
     """The report of a sweep whose every point has a FINISHED run, else None."""
     found = tracker.parent_info(sweep.name)
-    if found is None:
+    if found is None or _to_run(tracker, sweep):
         return None
     experiment_id, parent = found
-    children = tracker.children(experiment_id, parent.info.run_id)
-    if any(point_state(children.get(p.point_id, []))[0] != "done" for p in sweep.points):
-        return None
     return SweepReport(
         name=sweep.name, tracking_uri=tracker.uri, experiment_id=experiment_id,
         parent_run_id=parent.info.run_id, total=len(sweep.points), done=len(sweep.points), failed=0,
@@ -350,31 +472,35 @@ def cost(cfg: TrialConfig) -> float:
     return schedule(cfg).T * cfg.data.L * (cfg.model.m**2 + 128**2) * cfg.train.batch
 
 
-def prune(storage: str, sweep_name: str, keep: set[str]) -> None:
-    """Delete the checkpoints no re-run needs (every point not in `keep`), and Tune's own folders: resuming
-    goes by MLflow and the points' checkpoints, never by Tuner.restore."""
+def prune(storage: str, sweep_name: str, keep: set[str] | None = None) -> None:
+    """Delete what no re-run needs: Tune's own folders (resuming goes by MLflow and the points' checkpoints,
+    never by Tuner.restore), half-written checkpoints, and with `keep` the checkpoints of every point not in
+    it."""
     from rnnsgd.sweep.trial import PointStore
 
     store = PointStore(storage, sweep_name)
-    for point_id in store.point_ids():
-        if point_id not in keep:
-            store.delete(point_id)
     store.fs.delete_dir_contents(store.root.rpartition("/")[0] + "/tune", missing_dir_ok=True)
+    for point_id in store.point_ids():
+        if keep is not None and point_id not in keep:
+            store.delete(point_id)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                store.fs.delete_file(store.path(point_id) + ".tmp")
 
 
-def _fail_point(tracker: SweepTracker, ctx: dict[str, Any], point: Point, error: BaseException) -> None:
+def _fail_point(tracker: SweepTracker, ctx: dict[str, Any], point: Point, error: str) -> None:
     """A point whose trial Tune gave up on (its retries are spent): its run, or a new one if the trial died
-    before opening it, ends FAILED with Tune's error as the traceback."""
+    before opening it, ends FAILED with Tune's error as the traceback. Raises what MLflow raises (MLflow
+    itself may be what failed)."""
     runs = tracker.children(ctx["experiment_id"], ctx["parent_run_id"]).get(point.point_id, [])
     state, run = point_state(runs)
     if state in ("done", "failed"):
         return
-    with contextlib.suppress(Exception):  # MLflow itself may be what failed
-        trial_run = TrialRun.attach(ctx["tracking_uri"], ctx, point, run.run_id if run else None)
-        if trial_run is None:  # ended by an attempt of its trial
-            return
-        trial_run.start(point, {"rnnsgd.error": str(error).strip().splitlines()[-1][:500]})
-        trial_run.finish("error", traceback=str(error))
+    trial_run = TrialRun.attach(ctx["tracking_uri"], ctx, point, run.run_id if run else None)
+    if trial_run is None:  # ended by an attempt of its trial
+        return
+    trial_run.start(point, {"rnnsgd.error": error.strip().splitlines()[-1][:500]})
+    trial_run.finish("error", traceback=error)
 
 
 def pack_label(pack: list[dict[str, Any]]) -> str:
@@ -387,8 +513,18 @@ def pack_label(pack: list[dict[str, Any]]) -> str:
     return f"{what} ({len(pack)} points)".strip()
 
 
-def _tune(sweep: Sweep, packs: list[list[dict]], ctx: dict, concurrency: int, done_before: int, out: TextIO):
-    """One Tuner, one trial per pack, the costliest first; SIGTERM stops it as gracefully as Ctrl+C."""
+def _tune(
+    sweep: Sweep,
+    packs: list[list[dict]],
+    ctx: dict,
+    concurrency: int,
+    done_before: int,
+    out: TextIO,
+    ran: TuneRun,
+) -> None:
+    """One Tuner, one trial per pack, the costliest first; SIGTERM stops it as gracefully as Ctrl+C. `ran`
+    gets what a callback sees, and what fit() raises, which it keeps from the caller (fit() builds its
+    results from the trials' files, and a full disk leaves them empty: EOFError); Ctrl+C still raises."""
     from ray import tune
 
     from rnnsgd.sweep.progress import Progress
@@ -396,6 +532,21 @@ def _tune(sweep: Sweep, packs: list[list[dict]], ctx: dict, concurrency: int, do
 
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+
+    class _Outcomes(tune.Callback):
+        def __init__(self, ran: TuneRun) -> None:
+            self.ran = ran
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.ran.train_s += float((trial.last_result or {}).get("train_s", 0.0))
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            try:  # Tune has just written it to the trial's folder, if it could
+                error = trial.get_pickled_error() or trial.get_error()
+            except Exception:
+                error = None
+            self.ran.errors[trial.config["i"]] = str(error) if error else None
+
     progress = Progress(sweep.name, len(sweep.points), done_before, [pack_label(p) for p in packs],
                         [len(p) for p in packs], stream=out)  # fmt: skip
     trainable = tune.with_resources(
@@ -420,7 +571,7 @@ def _tune(sweep: Sweep, packs: list[list[dict]], ctx: dict, concurrency: int, do
             name=time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}",
             storage_path=f"{ctx['storage'].rstrip('/')}/{sweep.name}/tune",
             verbose=0,
-            callbacks=[progress],
+            callbacks=[progress, _Outcomes(ran)],
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
         ),
     )
@@ -428,7 +579,9 @@ def _tune(sweep: Sweep, packs: list[list[dict]], ctx: dict, concurrency: int, do
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     try:
-        return tuner.fit()
+        tuner.fit()
+    except Exception as e:
+        ran.raised = _short(e)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

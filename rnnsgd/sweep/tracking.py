@@ -12,6 +12,7 @@ both times): readers dedupe by (run, key, step), keeping the last.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,8 @@ DRIVER = "rnnsgd.driver"  # "host:pid" of the driver that last opened the parent
 PARENT_ID = "mlflow.parentRunId"
 DEFINITION = "sweep.json"  # the parent's artifact: the resolved sweep, read back by `rnnsgd status NAME`
 TRACEBACK = "traceback.txt"
+FAULT = "rnnsgd.fault"  # on the parent: what stopped the sweep (a full disk, Ray Tune failing), if anything
+RESTARTED = "rnnsgd.restarted"  # on a FAILED run whose point went on in a new run: why (a corrupt checkpoint)
 OUTCOME_STATUS = {
     "completed": "FINISHED", "budget": "FINISHED", "diverged": "FINISHED",  # the trainer's outcomes
     "killed": "KILLED", "error": "FAILED",
@@ -98,6 +102,28 @@ def check_reachable(uri: str, where: str, timeout: float = 5.0) -> None:
 def store_exists(uri: str) -> bool:
     """False for a SQLite store that was never created (reading it must not create it)."""
     return not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///") :]).is_file()
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock on `<database>.lock` beside a SQLite store (a no-op for a server, which serializes
+    its own writes). Held by a driver while it creates or migrates the store and while it finds or creates
+    its experiment and parent run: two drivers started at once on one sweep would otherwise both create
+    them, or race in MLflow's migrations. Best effort: where the lock file cannot be opened (a read-only
+    folder), nothing is locked and MLflow's own error says what is wrong."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    try:
+        fd = os.open(uri[len("sqlite:///") :] + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 _CLIENTS: dict[str, Any] = {}
@@ -167,11 +193,18 @@ class SweepTracker:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise SweepError(f"tracking URI {uri}: cannot create {folder} ({e.strerror})") from None
-        # a new SQLite store runs MLflow's migrations here, once (quietly: they log each step at INFO)
+        # a new SQLite store runs MLflow's migrations here, once (quietly: they log each step at INFO); two
+        # processes migrating one new store at once collide ("duplicate column name"), hence the lock
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)
-        self.client = _client(uri)
-        self.client.search_experiments(max_results=1)
+        with self.lock():
+            self.client = _client(uri)
+            self.client.search_experiments(max_results=1)
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """Between processes of this host, for a SQLite store: the creation of the store, and a driver's
+        opening of its sweep (store_lock)."""
+        return store_lock(self.uri)
 
     def experiment(self, name: str, create: bool = True) -> str | None:
         exp = self.client.get_experiment_by_name(name)
@@ -251,14 +284,21 @@ class SweepTracker:
         )
         self.client.set_terminated(run_id, "KILLED")
 
-    def close_parent(self, run_id: str, status: str, counts: dict[str, int]) -> None:
+    def close_parent(
+        self, run_id: str, status: str, counts: dict[str, int], fault: str | None = None
+    ) -> None:
+        """End the parent with the counts; `fault` (what stopped the sweep) becomes its rnnsgd.fault tag,
+        which a later clean close removes."""
         from mlflow.entities import Metric, RunTag
 
         ts = _now_ms()
+        tags = [RunTag(f"rnnsgd.{k}", str(v)) for k, v in counts.items()]
+        if fault:
+            tags.append(RunTag(FAULT, fault[:5000]))
+        elif FAULT in self.client.get_run(run_id).data.tags:
+            self.client.delete_tag(run_id, FAULT)
         self.client.log_batch(
-            run_id,
-            metrics=[Metric(f"sweep/{k}", float(v), ts, 0) for k, v in counts.items()],
-            tags=[RunTag(f"rnnsgd.{k}", str(v)) for k, v in counts.items()],
+            run_id, metrics=[Metric(f"sweep/{k}", float(v), ts, 0) for k, v in counts.items()], tags=tags
         )
         self.client.set_terminated(run_id, status)
 
@@ -306,22 +346,31 @@ class TrialRun:
     def attach(cls, uri: str, ctx: dict[str, Any], point: Point, run_id: str | None) -> TrialRun | None:
         """The point's one run: None when it has ended since this driver planned it (an earlier attempt of
         its trial closed it: FINISHED, or FAILED after ctx["planned_ms"]); else `run_id` (the interrupted run
-        the driver names), or the point's unfinished run under the parent, or a new run."""
+        the driver names), or the point's unfinished run under the parent, or a new run. A run FAILED with the
+        RESTARTED tag was given up for a new one (its checkpoint was unreadable): never re-attached, never an
+        end of the point."""
         client = _client(uri)
         runs = client.search_runs(
             [ctx["experiment_id"]],
             f"tags.`{PARENT_ID}` = '{ctx['parent_run_id']}' and tags.point_id = '{point.point_id}'",
             order_by=["attributes.start_time DESC"],
         )
-        ended = [r for r in runs if r.info.status == "FINISHED"
-                 or (r.info.status == "FAILED" and (r.info.end_time or 0) >= ctx["planned_ms"])]  # fmt: skip
+        restarted = {r.info.run_id for r in runs if r.info.status == "FAILED" and RESTARTED in r.data.tags}
+        ended = [r for r in runs if r.info.status == "FINISHED" or (r.info.status == "FAILED" and
+                 (r.info.end_time or 0) >= ctx["planned_ms"] and r.info.run_id not in restarted)]  # fmt: skip
         if ended:
             return None
-        if run_id is not None:
+        if run_id is not None and run_id not in restarted:
             return cls(uri, run_id, new=False)
         live = [r for r in runs if r.info.status not in ("FINISHED", "FAILED")]
         if live:  # an earlier attempt of this trial opened it, then its process died
             return cls(uri, live[0].info.run_id, new=False)
+        return cls.create(uri, ctx, point)
+
+    @classmethod
+    def create(cls, uri: str, ctx: dict[str, Any], point: Point) -> TrialRun:
+        """A new run of the point under the sweep's parent."""
+        client = _client(uri)
         tags = {
             PARENT_ID: ctx["parent_run_id"], ROLE: "trial", "sweep": ctx["sweep"], "point_id": point.point_id,
             "seed": str(point.flat["seed.run"]), "git_sha": ctx["git_sha"],

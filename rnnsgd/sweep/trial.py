@@ -5,7 +5,9 @@ its last checkpoint if it has one, each into its own run.
             earlier attempt of this trial opened, else a new child of the sweep's parent); a point that an
             earlier attempt already ended is skipped; resume each from its checkpoint in storage when that
             checkpoint belongs to its run (a Tune retry after the trial's process died, or a sweep re-run
-            after an interrupted driver), else start at step 0
+            after an interrupted driver), else start at step 0; a checkpoint that cannot be read back
+            (truncated, corrupt) restarts its point alone from step 0, in a new run if its old one logged
+            anything (the old one ends FAILED, tagged rnnsgd.restarted)
     loop:   rnnsgd.packed.train_packed(cfgs, on_eval, states), in runs that fit the trial's memory budget
             (packing.split_to_fit); on_eval hands a point's metrics to its run (sent in batches,
             tracking.TrialRun), saves its checkpoint (trainer.state_dict() + the run id), closes its run at
@@ -13,8 +15,9 @@ its last checkpoint if it has one, each into its own run.
             what its checkpoint's history holds and MLflow lacks
     end:    per point: FINISHED (completed / budget / diverged), FAILED with the traceback (an error in the
             learner: the point leaves the pack, no retry, it would fail again), KILLED (a Tune stop or
-            Ctrl+C: SystemExit inside tune.report). An MLflow failure retries the whole trial: its ended
-            points are skipped, the others resume from their checkpoints.
+            Ctrl+C: SystemExit inside tune.report). An MLflow or storage failure (a checkpoint that cannot
+            be written: a full disk) retries the whole trial: its ended points are skipped, the others
+            resume from their checkpoints.
 
 Checkpoints live by point id in the sweep's storage rather than in Tune's trial folders: a retry, a resumed
 sweep and a grown grid all find them the same way, and Tune never snapshots its experiment per checkpoint.
@@ -24,10 +27,12 @@ Fault injection (rnnsgd.sweep.faults), a testing aid: the driver forwards RNNSGD
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
 import socket
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -36,11 +41,11 @@ from typing import Any
 
 import torch
 
+from rnnsgd.sweep.diskspace import CHECKPOINT
 from rnnsgd.sweep.faults import Fault, parse_faults
 from rnnsgd.sweep.spec import Point
-from rnnsgd.sweep.tracking import TrialRun
+from rnnsgd.sweep.tracking import RESTARTED, TrialRun
 
-CHECKPOINT = "checkpoint.pt"  # torch.save({"meta": {run_id, step, train_s}, "state": trainer.state_dict()})
 # Reports to Tune at most this often, and at every point's end: a report costs a few ms of the trial's core
 # and of the driver's, and a pack of 16 evaluates hundreds of times a minute. A Tune stop waits for the next.
 REPORT_S = 1.0
@@ -48,6 +53,15 @@ REPORT_S = 1.0
 
 class TrackingError(RuntimeError):
     """MLflow failed inside a trial: infrastructure, so Tune retries the trial (unlike a learner error)."""
+
+
+class StorageError(TrackingError):
+    """A checkpoint could not be written or read (a full disk, a lost mount): infrastructure as well, so
+    Tune retries the trial, whose points resume from the checkpoints they have."""
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is there but cannot be read back (truncated, corrupt): its point starts again."""
 
 
 class PointStore:
@@ -63,19 +77,45 @@ class PointStore:
             self.fs, root = pafs.LocalFileSystem(), str(Path(storage).resolve())
         self.root = f"{root.rstrip('/')}/{sweep}/points"
 
+    def path(self, point_id: str) -> str:
+        return f"{self.root}/{point_id}/{CHECKPOINT}"
+
     def save(self, point_id: str, meta: dict[str, Any], state: dict[str, Any]) -> None:
-        folder = f"{self.root}/{point_id}"
-        self.fs.create_dir(folder, recursive=True)
-        with self.fs.open_output_stream(f"{folder}/{CHECKPOINT}.tmp") as f:
-            torch.save({"meta": meta, "state": state}, f)
-        self.fs.move(f"{folder}/{CHECKPOINT}.tmp", f"{folder}/{CHECKPOINT}")  # a rename: never half a file
+        """Write the checkpoint beside the old one, then rename it over: never half a file. On a failure
+        (StorageError) the old checkpoint stays and the partial one is removed, so that a full disk is not
+        made fuller by the attempt."""
+        path = self.path(point_id)
+        buffer = io.BytesIO()  # serialized first: a failed write then says why (torch's zip writer does not)
+        torch.save({"meta": meta, "state": state}, buffer)
+        try:
+            self.fs.create_dir(path.rpartition("/")[0], recursive=True)
+            with self.fs.open_output_stream(f"{path}.tmp") as f:
+                f.write(buffer.getbuffer())
+            self.fs.move(f"{path}.tmp", path)
+        except Exception as e:
+            with contextlib.suppress(Exception):
+                self.fs.delete_file(f"{path}.tmp")
+            raise StorageError(f"cannot write the checkpoint {path}: {type(e).__name__}: {e}") from e
 
     def load(self, point_id: str) -> dict[str, Any] | None:
+        """The point's checkpoint, or None when it has none; CheckpointError when the file is there but is not
+        a checkpoint this code wrote (truncated, corrupt), StorageError when the storage cannot be read."""
+        path = self.path(point_id)
         try:
-            with self.fs.open_input_file(f"{self.root}/{point_id}/{CHECKPOINT}") as f:
-                return torch.load(io.BytesIO(f.read()), weights_only=True)
+            with self.fs.open_input_file(path) as f:
+                data = f.read()
         except FileNotFoundError:
             return None
+        except Exception as e:
+            raise StorageError(f"cannot read the checkpoint {path}: {type(e).__name__}: {e}") from e
+        try:
+            saved = torch.load(io.BytesIO(data), weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"unreadable checkpoint {path}: {type(e).__name__}: {e}") from e
+        meta = saved.get("meta") if isinstance(saved, dict) else None
+        if not (isinstance(meta, dict) and "run_id" in meta and isinstance(saved.get("state"), dict)):
+            raise CheckpointError(f"unreadable checkpoint {path}: not a checkpoint of rnnsgd")
+        return saved
 
     def point_ids(self) -> list[str]:
         import pyarrow.fs as pafs
@@ -133,6 +173,22 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any], packs: list[list[dict
         except Exception as e:
             raise TrackingError(f"MLflow at {ctx['tracking_uri']}: {what}: {type(e).__name__}: {e}") from e
 
+    def restart(point: Point, run: TrialRun, why: str) -> TrialRun:
+        """An unreadable checkpoint: its point starts again from step 0, alone (its pack-mates resume from
+        their own). A run that has logged metrics ends FAILED, tagged RESTARTED with the reason, and a new
+        run takes the point, so that no run holds two histories; then the file goes (in this order, so that
+        an attempt that dies in between finds the same state or the new run)."""
+        print(f"rnnsgd: point {point.point_id}: {why}: it starts again from step 0", file=sys.stderr)
+        if not run.new and track("restart", run.last_logged_step) >= 0:
+            tags = {"rnnsgd.error": why[:500], RESTARTED: why[:500]}
+            track("restart", run.finish, "error", tags)
+            run = track("restart", TrialRun.create, ctx["tracking_uri"], ctx, point)
+        try:
+            store.delete(point.point_id)
+        except Exception as e:
+            raise StorageError(f"cannot delete {store.path(point.point_id)}: {type(e).__name__}: {e}") from e
+        return run
+
     members: list[Member] = []
     for job in jobs:  # each point's one run: the driver's interrupted run, or one an earlier attempt opened
         point: Point = job["point"]
@@ -140,7 +196,10 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any], packs: list[list[dict
         if run is None:  # an earlier attempt of this trial ended it
             counts["points_done"] += 1
             continue
-        saved = store.load(point.point_id)
+        try:
+            saved = store.load(point.point_id)
+        except CheckpointError as e:
+            run, saved = restart(point, run, str(e)), None
         if saved is not None and saved["meta"].get("run_id") != run.run_id:
             saved = None  # left by an earlier run of the point, which failed: start afresh
         state, meta = (saved["state"], saved["meta"]) if saved else (None, {})
@@ -168,7 +227,7 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any], packs: list[list[dict
     def on_eval(mb: Member, metrics: dict[str, float], trainer) -> None:
         t0 = time.perf_counter()
         step = int(metrics["step"])
-        try:
+        try:  # infrastructure (MLflow, the storage): this point leaves the pack, and the trial is retried
             mb.run.log(metrics, step)
             if every_s == 0 or t0 - mb.last_ckpt >= every_s or trainer.outcome is not None:
                 mb.last_ckpt = t0
@@ -178,7 +237,10 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any], packs: list[list[dict
                 mb.run.finish(trainer.outcome, tags={"rnnsgd.train_s": f"{train_s(mb):.3f}"})
                 mb.ended = True
                 counts["points_done"] += 1
-        except Exception as e:  # infrastructure: this point leaves the pack, and the trial is retried
+        except StorageError as e:
+            mb.tracking_error = StorageError(f"at step {step}: {e}")
+            raise mb.tracking_error from e
+        except Exception as e:
             mb.tracking_error = TrackingError(f"MLflow at step {step}: {type(e).__name__}: {e}")
             raise mb.tracking_error from e
         if trainer.outcome is not None or t0 - clock["reported"] >= REPORT_S:
