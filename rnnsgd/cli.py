@@ -25,16 +25,18 @@ def parse_sets(pairs: list[str]) -> dict[str, str]:
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise BadInput(f"--set {pair!r}: expected key=value, e.g. --set model.m=256")
+        if not value.strip():  # would read as YAML's null: the default, silently
+            raise BadInput(f"--set {key.strip()}: empty value (leave the --set out for the default)")
         out[key.strip()] = value.strip()
     return out
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from rnnsgd.config import TrialConfig
+    from rnnsgd.memory import available_memory, check_fits, device_memory
     from rnnsgd.sweep.spec import SweepError, read_yaml
-    from rnnsgd.train import resolve_device, train
 
     flat: dict[str, Any] = {}
     if args.config:
@@ -46,9 +48,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise BadInput(f"{args.config}: expected a mapping of dotted keys, e.g. 'model.m: 256'")
         flat.update(loaded)
     flat.update(parse_sets(args.set))
-    try:
+    try:  # all of it before torch's import (seconds), and before anything is allocated
         cfg = TrialConfig.from_flat(flat)
-        resolve_device(cfg.train.device)  # train.device=cuda on a machine without one is bad input here
+        check_fits(cfg, available_memory(), "of memory available on this machine")
+        from rnnsgd.train import resolve_device, train
+
+        device = resolve_device(cfg.train.device)  # train.device=cuda on a machine without one is bad input
+        if device.type == "cuda":
+            check_fits(cfg, device_memory(device), f"of memory on {device}")
     except ValueError as e:
         raise BadInput(str(e)) from None
 
@@ -78,12 +85,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def is_sweep_file(target: str) -> bool:
+    """Whether a FILE|NAME argument names a sweep file (anything on disk, or a .yaml name: its errors then
+    speak of the file), rather than the name of a sweep that MLflow holds."""
+    return Path(target).exists() or target.endswith((".yaml", ".yml"))
+
+
 def load_sweep_target(target: str, variant: str | None, sets: dict[str, str], tracking_uri: str | None):
     """A sweep file, or the name of a sweep MLflow already holds (its parent run stored the definition)."""
     from rnnsgd.sweep.spec import load_sweep
     from rnnsgd.sweep.tracking import stored_sweep
 
-    if Path(target).is_file() or target.endswith((".yaml", ".yml")):
+    if is_sweep_file(target):
         return load_sweep(target, variant, sets)
     if variant is not None:
         raise BadInput(f"{target}: --variant: a sweep read back by name has its variant already")
@@ -97,6 +110,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         sweep = load_sweep_target(args.file, args.variant, sets, args.tracking_uri)
         if args.dry_run:
+            from rnnsgd.sweep.runner import check_local_resources
+
+            check_local_resources(sweep)  # what a run would refuse before starting, the dry run refuses too
             print(f"{sweep.source}: sweep {sweep.name}: {len(sweep.points)} points")
             for i, block in enumerate(sweep.blocks):
                 axes = " x ".join(f"{a.label} ({len(a.values)})" for a in block.axes) or "no axes"
@@ -147,7 +163,7 @@ def _report_target(args: argparse.Namespace) -> tuple[str, str]:
     from rnnsgd.sweep.tracking import resolve_tracking_uri
 
     try:
-        if Path(args.sweep).is_file() or args.sweep.endswith((".yaml", ".yml")):
+        if is_sweep_file(args.sweep):
             sweep = load_sweep(args.sweep, args.variant, {})
             uri, _ = resolve_tracking_uri(args.tracking_uri, sweep.tracking_uri, sweep.source)
             return sweep.name, uri
@@ -425,6 +441,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def private_files() -> None:
+    """Make what rnnsgd and its local Ray create (store, checkpoints, reports, logs) its user's alone: umask
+    077, or RNNSGD_UMASK (octal, e.g. 027 to share with a group) where the user asks otherwise."""
+    text = os.environ.get("RNNSGD_UMASK", "077")
+    try:
+        mask = int(text, 8)
+    except ValueError:
+        mask = -1
+    if not 0 <= mask <= 0o777:
+        raise BadInput(f"RNNSGD_UMASK: expected an octal umask such as 077 or 027, got {text!r}")
+    os.umask(mask)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -440,9 +469,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> NoReturn:
-    """The `rnnsgd` command: main(), then an exit that skips tearing down the interpreter's modules (after
-    torch, Ray and MLflow that takes 1-1.5 s, a tenth of a smoke sweep). The exit handlers still run first
-    (logging's flush, Ray's and MLflow's own), and every run and file is closed by then."""
+    """The `rnnsgd` command: private files (`private_files`), main(), then an exit that skips tearing down
+    the interpreter's modules (slow after torch, Ray and MLflow). The exit handlers still run first (logging's
+    flush, Ray's and MLflow's own), and every run and file is closed by then."""
+    try:
+        private_files()
+    except BadInput as e:
+        print(f"rnnsgd: error: {e}", file=sys.stderr)
+        os._exit(EXIT_BAD_INPUT)
     code = main()
     atexit._run_exitfuncs()
     sys.stdout.flush()

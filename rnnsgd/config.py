@@ -21,6 +21,8 @@ LOSSES = ("l2", "l1", "huber", "xent", "mse")
 SCHEDULES = ("practical", "theory")
 ACTIVATIONS = ("relu", "linear")
 DEVICES = ("auto", "cpu", "cuda")
+MAX_STEPS = 10**12  # the most SGD steps a run may take (the theory schedule's T is cut here; it can be inf)
+MAX_EVALS_PER_DECADE = 1000  # each evaluation is a pass over the test set
 MEMORY_FRACTION = 0.5  # default share of the device's memory that one pack of models may use (rnnsgd.packed)
 
 
@@ -191,6 +193,11 @@ def _require(ok: bool, key: str, message: str) -> None:
 def validate(cfg: TrialConfig) -> None:
     """Raise ValueError("<key>: <problem and what is allowed>") for the first bad field."""
     mo, da, tr = cfg.model, cfg.data, cfg.train
+    for key, value in cfg.to_flat().items():
+        if isinstance(value, float):  # inf and nan pass comparisons below that they should fail
+            _require(math.isfinite(value), key, f"must be finite, got {value}")
+        elif isinstance(value, int) and abs(value) >= 2**63:  # torch holds no larger integer
+            raise ValueError(f"{key}: must be below 2^63, got about 10^{len(str(abs(value))) - 1}")
     _require(mo.m >= 1, "model.m", f"must be a positive integer, got {mo.m}")
     _require(mo.w_var > 0, "model.w_var", f"must be > 0, got {mo.w_var}")
     _require(
@@ -232,11 +239,23 @@ def validate(cfg: TrialConfig) -> None:
     _require(tr.eps > 0, "train.eps", f"must be > 0, got {tr.eps}")
     for k in ("c_lambda", "c_eta", "c_T"):
         _require(getattr(tr, k) > 0, f"train.{k}", f"must be > 0, got {getattr(tr, k)}")
-    _require(tr.T >= 0, "train.T", f"must be >= 0 (0: from the schedule), got {tr.T}")
+    _require(
+        0 <= tr.T <= MAX_STEPS,
+        "train.T",
+        f"must be in [0, {MAX_STEPS:.0e}] (0: from the schedule), got {tr.T}",
+    )
     _require(tr.batch >= 1, "train.batch", f"must be >= 1, got {tr.batch}")
-    _require(tr.evals_per_decade >= 1, "train.evals_per_decade", f"must be >= 1, got {tr.evals_per_decade}")
+    _require(
+        1 <= tr.evals_per_decade <= MAX_EVALS_PER_DECADE,
+        "train.evals_per_decade",
+        f"must be in [1, {MAX_EVALS_PER_DECADE}], got {tr.evals_per_decade}",
+    )
     _require(0 <= tr.plateau_tol < 1, "train.plateau_tol", f"must be in [0, 1), got {tr.plateau_tol}")
-    _require(tr.min_steps >= 0, "train.min_steps", f"must be >= 0, got {tr.min_steps}")
+    _require(
+        0 <= tr.min_steps <= MAX_STEPS,
+        "train.min_steps",
+        f"must be in [0, {MAX_STEPS:.0e}], got {tr.min_steps}",
+    )
     _require(0 <= tr.stall_tol < 1, "train.stall_tol", f"must be in [0, 1), got {tr.stall_tol}")
     _require(tr.diverge_factor > 1, "train.diverge_factor", f"must be > 1, got {tr.diverge_factor}")
     _require(tr.probe >= 1, "train.probe", f"must be >= 1, got {tr.probe}")
@@ -278,7 +297,7 @@ def schedule(cfg: TrialConfig, grad_sq: float | None = None) -> Schedule:
         lam = tr.c_lambda * tr.eps / L
         eta = None if grad_sq is None else tr.c_eta * tr.eps / (L * max(grad_sq, 1e-30))
         T = tr.c_T * 2000 * L / tr.eps
-    T_final = tr.T if tr.T > 0 else max(tr.min_steps, math.ceil(min(T, 1e12)))  # the theory's T can be inf
+    T_final = tr.T if tr.T > 0 else max(tr.min_steps, math.ceil(min(T, MAX_STEPS)))
     return Schedule(lam=lam, eta=eta, T=T_final)
 
 

@@ -121,6 +121,10 @@ def test_bad_config_file(tmp_path, monkeypatch, capsys):
         assert main(["train", "--config", *args]) == EXIT_BAD_INPUT
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and field in lines[0]
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("model.m: 8\nmodel.m: 16\n")  # YAML would keep the last silently
+    assert main(["train", "--config", str(twice)]) == EXIT_BAD_INPUT
+    assert "twice.yaml:2:1: not valid YAML: 'model.m' appears twice" in capsys.readouterr().err
     good = tmp_path / "good.yaml"
     good.write_text("model.m: 0\n")
     assert main(["train", "--config", str(good)]) == EXIT_BAD_INPUT
@@ -134,4 +138,21 @@ def test_plain_output_lists_the_final_metrics(tmp_path, monkeypatch, capsys):
     assert out[0].split(": ")[0] == "outcome" and out[0].split(": ")[1] in OUTCOMES
     named = {line.split()[0] for line in out[1:]}
     assert set(METRIC_KEYS) <= named
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sizes_no_machine_holds_are_refused_before_torch_loads(tmp_path):
+    """Validation and the memory check need no torch: bad input answers at once and allocates nothing."""
+    code = (
+        "import sys; from rnnsgd.cli import main; "
+        "rc = main(['train', '--set', 'model.m=1000000']); assert rc == 2 and 'torch' not in sys.modules"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("rnnsgd train: error: model.m=1000000: one model of this config needs about")
+    assert lines[0].endswith("of memory available on this machine")
     assert list(tmp_path.iterdir()) == []

@@ -79,6 +79,14 @@ BAD = [
     ({"train.batch": 0}, "train.batch"),
     ({"model.w_var": 0}, "model.w_var"),
     ({3: 1}, "3"),
+    ({"train.eps": "inf"}, "train.eps"),  # not finite: every comparison would let it through
+    ({"data.noise": "inf"}, "data.noise"),
+    ({"model.w_var": float("inf")}, "model.w_var"),
+    ({"train.c_lambda": "inf"}, "train.c_lambda"),
+    ({"train.T": "1e21"}, "train.T"),  # absurd sizes: capped before anything is allocated
+    ({"train.min_steps": 10**13}, "train.min_steps"),
+    ({"train.evals_per_decade": 10**9}, "train.evals_per_decade"),
+    ({"data.N": 2**1000}, "data.N"),  # beyond int64
 ]
 
 

@@ -1,5 +1,6 @@
-"""A local sweep (no RAY_ADDRESS) exposes nothing beyond loopback, and no process of its Ray outlives a killed
-driver by more than a few seconds (docs/sweeps.md, "What a local sweep listens on").
+"""A local sweep (no RAY_ADDRESS) exposes nothing beyond loopback, no process of its Ray outlives a killed
+driver by more than a few seconds (docs/sweeps.md, "What a local sweep listens on"), and the files it creates
+are its user's alone.
 
 Real processes: `rnnsgd sweep` in a subprocess with its own local Ray and an MLflow SQLite store. Every 0.2 s
 the test lists the processes under the driver and the listening sockets they hold (TCP in LISTEN, UDP
@@ -185,6 +186,17 @@ class Sweep:
         self._log.close()
 
 
+def assert_private(folder: Path, least: str) -> None:
+    """Everything the sweep created under folder is its user's alone (the `rnnsgd` command's umask 077), and
+    it created at least a file named `least`."""
+    made = [p for p in folder.rglob("*") if p.name not in ("listen.yaml", "sweep.log")]
+    assert any(p.name == least for p in made), sorted(map(str, made))
+    loose = {
+        str(p.relative_to(folder)): oct(p.stat().st_mode & 0o777) for p in made if p.stat().st_mode & 0o077
+    }
+    assert not loose, f"readable or writable by others: {loose}"
+
+
 @pytest.fixture
 def sweep(tmp_path):
     require_proc()
@@ -209,6 +221,7 @@ def test_a_local_sweep_listens_on_loopback_only(sweep):
     while s.alive() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not s.alive(), f"left running {SURVIVAL_S:.0f} s after the sweep ended: {s.alive()}"
+    assert_private(s.log_path.parent, "mlflow.db")
 
 
 def test_no_process_of_a_local_sweeps_ray_outlives_its_killed_driver(sweep):
@@ -237,3 +250,4 @@ def test_no_process_of_a_local_sweeps_ray_outlives_its_killed_driver(sweep):
           f"the last gone after {took:.2f} s")  # fmt: skip
     assert not s.alive(), f"alive 60 s after the driver's SIGKILL: {s.alive()}"
     assert took < SURVIVAL_S, f"the last process of the sweep's Ray outlived its driver by {took:.1f} s"
+    assert_private(s.log_path.parent, "checkpoint.pt")  # written by the trials, in Ray's worker processes

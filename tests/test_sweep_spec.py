@@ -103,8 +103,7 @@ def test_variants_and_set_overrides():
     assert {p.flat["data.L"] for p in s.points} == {5} and s.concurrency == 3 and s.resources.cpu == 2
 
 
-BAD = [
-    ("not: [valid", "not valid YAML"),
+BAD = [  # (YAML that does not parse: HARDENING, whose messages carry the line and column)
     ("- a list", "expected a mapping"),
     ({"name": "x", "gird": {}}, "gird: unknown key"),
     ({"name": "x", "base": {"model.width": 3}}, "base.model.width: unknown TrialConfig key"),
@@ -207,3 +206,53 @@ def test_status_of_a_sweep_that_never_ran_and_of_an_unknown_name(tmp_path, capsy
     assert main(["status", "no-such-sweep"]) == 2
     assert "no-such-sweep: no such sweep file, and no sweep of that name" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "mlflow.db").exists()
+
+
+HARDENING = [  # (file content, extra CLI arguments, the one line's tail after "rnnsgd sweep: error: ")
+    ("name: a\nname: b\nbase: {model.m: 32}\n", [], "bad.yaml:2:1: not valid YAML: 'name' appears twice"),
+    ("name: a\ngrid:\n  data.L: [4]\n  data.L: [8]\n", [],
+     "bad.yaml:4:3: not valid YAML: 'data.L' appears twice"),
+    ("name: a\ngrid: [\n", [], "bad.yaml:3:1: not valid YAML: expected the node content"),
+    ('name: "nl\\n"\n', [], "bad.yaml: name: required"),  # `$` would match before the newline
+    ("name: a\ngrid:\n  data.N: {range: [1, 1000]}\n  data.L: {range: [3, 1002]}\n", [],
+     "bad.yaml: grid: 1,000,000 points (1000 x 1000); a sweep holds at most 100,000"),
+    ("name: a\ngrid:\n  data.N: {log2: [0, 1000]}\n", [], "bad.yaml: data.N: must be below 2^63"),
+    ("name: a\ngrid:\n  model.m: [32, 1000000]\n", ["--dry-run"],
+     "bad.yaml: model.m=1000000: one model of this config needs about 150 TiB, more than the"),
+    ("name: a\nbase: {model.m: 1000000}\n", [], "bad.yaml: model.m=1000000: one model of this config needs"),
+    ("name: a\nbase: {train.eps: .inf}\n", [], "bad.yaml: train.eps: must be finite, got inf"),
+    ("name: a\n", ["--set", "tracking_uri="], "--set tracking_uri: empty value"),
+    ("name: a\n", ["--tracking-uri="], "--tracking-uri: empty"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("content,args,message", HARDENING, ids=[m[:24] for *_, m in HARDENING])
+def test_absurd_input_exits_2_with_one_line_and_starts_nothing(
+    tmp_path, capsys, monkeypatch, content, args, message
+):
+    """Duplicate keys, sizes no machine holds, inf and empty values: refused before Ray or MLflow start."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    (tmp_path / "bad.yaml").write_text(content)
+    assert main(["sweep", "bad.yaml", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(f"rnnsgd sweep: error: {message}"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # no store, no runs, no checkpoints
+
+
+def test_a_folder_or_an_unreadable_file_is_named(tmp_path, capsys, monkeypatch):
+    import socket
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder.yaml").mkdir()
+    with socket.socket(socket.AF_UNIX) as sock:  # open() refuses a socket even for root (chmod 000 does not)
+        sock.bind(str(tmp_path / "sock.yaml"))
+        for name, message in [
+            ("folder.yaml", "folder.yaml: is a folder, not a YAML file"),
+            ("sock.yaml", "sock.yaml: cannot read it (No such device or address)"),
+        ]:
+            for argv in (["sweep", name], ["train", "--config", name]):
+                assert main(argv) == 2
+                err = capsys.readouterr().err.strip()
+                assert err.count("\n") == 0 and err.endswith(message), err

@@ -117,12 +117,32 @@ def git_sha() -> str:
 
 
 def check_local_resources(sweep: Sweep) -> None:
-    """Before anything starts, without a cluster: refuse a trial this machine cannot host."""
-    import ray
-
-    if os.environ.get("RAY_ADDRESS") or ray.is_initialized():
+    """Before anything starts, without a cluster: refuse a trial this machine cannot host, and a point too big
+    for its memory."""
+    ray = sys.modules.get("ray")  # imported by whoever started Ray; otherwise none runs in this process
+    if os.environ.get("RAY_ADDRESS") or (ray is not None and ray.is_initialized()):
         return  # checked against the cluster's nodes once connected
     _refuse_unless_fits(sweep, local_nodes(count_gpus=sweep.resources.gpu > 0))
+    from rnnsgd.memory import available_memory, device_memory
+
+    if sweep.resources.gpu > 0:  # a GPU share is a scheduling share: one point may use the whole device
+        _refuse_big_points(sweep, device_memory("cuda"), "of memory on this machine's GPU")
+    else:
+        _refuse_big_points(sweep, available_memory(), "of memory available on this machine")
+
+
+def _refuse_big_points(sweep: Sweep, limit: int, what: str) -> None:
+    """SweepError naming the key and the grid point when the biggest point alone needs more than `limit`."""
+    from rnnsgd.memory import check_fits, estimate_bytes
+
+    if not sweep.points:
+        return
+    biggest = max(sweep.points, key=lambda p: estimate_bytes(p.config(), 1))
+    try:
+        check_fits(biggest.config(), limit, what)
+    except ValueError as e:
+        at = f" (at grid point {biggest.label()})" if biggest.coords else ""
+        raise SweepError(f"{sweep.source}: {e}{at}") from None
 
 
 def local_nodes(count_gpus: bool = True) -> list[dict[str, float]]:
@@ -191,6 +211,9 @@ def check_cluster_resources(sweep: Sweep, out: TextIO) -> int:
     cpu, gpu = sweep.resources.cpu, sweep.resources.gpu
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     fits = [n for n in nodes if n.get("CPU", 0) >= cpu and n.get("GPU", 0) >= gpu]
+    if fits and gpu == 0 and os.environ.get("RAY_ADDRESS"):  # Ray's count of a node's memory for tasks (a
+        # GPU's memory each trial checks on its node; a local Ray's nodes were checked before it started)
+        _refuse_big_points(sweep, int(max(n.get("memory", 0) for n in fits)), "of memory on the largest node")
     if not fits:
         if not os.environ.get("RAY_ADDRESS"):
             _refuse_unless_fits(sweep, nodes)
@@ -265,7 +288,7 @@ def run_sweep(
                 "sweep": sweep.name, "git_sha": sha, "fault": fault, "storage": storage,
                 "checkpoint_every_s": sweep.checkpoint_every_s, "cpu": sweep.resources.cpu,
                 "gpu": sweep.resources.gpu, "memory_fraction": sweep.pack.memory_fraction,
-                "planned_ms": int(time.time() * 1000),
+                "planned_ms": int(time.time() * 1000), "umask": _umask(),
             }  # fmt: skip
             report = _drive(sweep, tracker, ctx, concurrency, out)
         finally:
@@ -275,6 +298,13 @@ def run_sweep(
                 ray.shutdown()
     report.wall_s = time.perf_counter() - t0
     return report
+
+
+def _umask() -> int:
+    """This process's umask, which the trials take on (workers on a cluster's nodes inherit another)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 @dataclass

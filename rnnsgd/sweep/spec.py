@@ -39,8 +39,9 @@ MERGED = ("base", "grid", "resources", "pack")  # overrides update these key by 
 RANGE_KINDS = ("log2", "log10", "range")
 RESOURCE_KEYS = ("cpu", "gpu")
 PACK_KEYS = ("size", "memory_fraction")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # fullmatch: `$` would let a trailing newline in
 DEFAULT_MAX_FAILURES = 2
+MAX_POINTS = 100_000  # a sweep's grid, counted before it is expanded: each point is a run in MLflow
 
 # the field type of every flat key, for coercing axis values ("data.N" -> int)
 FIELD_TYPES: dict[str, Any] = {
@@ -137,14 +138,44 @@ def point_id(flat: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------- loading
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key written twice in one mapping is an error (PyYAML keeps the last
+    silently, so a different grid would run than the one written)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text; SweepError("<source>:<line>:<column>: <problem>") when it is not valid."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SweepError(f"{where}: not valid YAML: {problem}") from None
+
+
 def read_yaml(path: str | Path) -> Any:
     p = Path(path)
-    if not p.is_file():
-        raise SweepError(f"{path}: no such file")
+    if p.is_dir():
+        raise SweepError(f"{path}: is a folder, not a YAML file")
     try:
-        return yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise SweepError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        text = p.read_text()
+    except FileNotFoundError:
+        raise SweepError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SweepError(f"{path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    return parse_yaml(text, str(path))
 
 
 def load_sweep(path: str | Path, variant: str | None = None, sets: Mapping[str, str] | None = None) -> Sweep:
@@ -225,8 +256,8 @@ def _yaml_value(text: Any) -> Any:
     if not isinstance(text, str):
         return text
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = parse_yaml(text, "")
+    except SweepError:
         return text
     if isinstance(value, str):  # YAML 1.1 reads 1e-9 (no dot) as a string; a user means the number
         try:
@@ -295,7 +326,7 @@ def _build(d: dict, source: str, variant: str | None, origin: dict[str, str], co
         if key not in SWEEP_KEYS:
             raise err(key, f"unknown key (known: {', '.join(SWEEP_KEYS)})")
     name = d.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise err("name", f"required: letters, digits, '_', '.', '-' (at most 100), got {name!r}")
     description = d.get("description") or ""
     if not isinstance(description, str):
@@ -330,6 +361,11 @@ def _build(d: dict, source: str, variant: str | None, origin: dict[str, str], co
         blocks.append(_parse_block(bd, err_in(block_origin)))
         resolved.append(bd)
 
+    sizes = [math.prod(len(a.values) for a in b.axes) for b in blocks]
+    if sum(sizes) > MAX_POINTS:
+        shape = " + ".join(" x ".join(str(len(a.values)) for a in b.axes) or "1" for b in blocks)
+        raise err("grid", f"{sum(sizes):,} points ({shape}); a sweep holds at most {MAX_POINTS:,}: "
+                          "use fewer values or split it into several sweeps")  # fmt: skip
     points = _expand(blocks, resources, err)
     definition = {k: v for k, v in d.items() if k not in (*BLOCK_KEYS, "blocks") and v is not None}
     definition["blocks"] = resolved

@@ -58,7 +58,9 @@ def resolve_tracking_uri(cli: str | None, from_file: str | None, source: str) ->
         (env, "MLFLOW_TRACKING_URI"),
         (from_file, f"{source}: tracking_uri"),
     ):
-        if uri:
+        if uri is not None and not uri.strip() and where == "--tracking-uri":
+            raise SweepError("--tracking-uri: empty; give a URI, or leave it out for the default")
+        if uri and uri.strip():
             return normalize_uri(uri.strip(), where), where
     return default_tracking_uri(), "default tracking URI"
 

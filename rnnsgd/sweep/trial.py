@@ -163,6 +163,7 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any], packs: list[list[dict
     jobs = packs[config["i"]]
     device = _device(jobs[0]["point"].config(), ray.get_gpu_ids())
     torch.set_num_threads(max(1, int(ctx["cpu"])))  # its CPU share: more threads only spin on a busy node
+    os.umask(ctx["umask"])  # its checkpoints are as private as the driver's files
     store = PointStore(ctx["storage"], ctx["sweep"])
     trial_id = tune.get_context().get_trial_id()
     counts = {"points_done": 0, "points_failed": 0}  # in this trial, earlier attempts included
