@@ -119,10 +119,11 @@ def git_sha() -> str:
 def check_local_resources(sweep: Sweep) -> None:
     """Before anything starts, without a cluster: refuse a trial this machine cannot host, and a point too big
     for its memory."""
-    ray = sys.modules.get("ray")  # imported by whoever started Ray; otherwise none runs in this process
-    if os.environ.get("RAY_ADDRESS") or (ray is not None and ray.is_initialized()):
+    if os.environ.get("RAY_ADDRESS"):
         return  # checked against the cluster's nodes once connected
-    _refuse_unless_fits(sweep, local_nodes(count_gpus=sweep.resources.gpu > 0))
+    ray = sys.modules.get("ray")  # imported by whoever started Ray; otherwise none runs in this process
+    if ray is None or not ray.is_initialized():  # a Ray this process joined: its nodes are checked later
+        _refuse_unless_fits(sweep, local_nodes(count_gpus=sweep.resources.gpu > 0))
     from rnnsgd.memory import available_memory, device_memory
 
     if sweep.resources.gpu > 0:  # a GPU share is a scheduling share: one point may use the whole device
