@@ -65,7 +65,8 @@ def test_sweep_logs_to_a_real_mlflow_server(ray_local, tmp_path, monkeypatch, ml
     monkeypatch.setenv("RNNSGD_FAULT", f"raise@{bad.point_id}:10")
     report = run_sweep(sweep, tracking_uri=mlflow_server, storage=str(tmp_path / "ray"), out=io.StringIO())
     assert (report.done, report.failed) == (2, 1)
-    assert report.ui_command() == f"open {mlflow_server}/#/experiments/{report.experiment_id}"
+    page = f"{mlflow_server}/#/experiments/{report.experiment_id}/runs"
+    assert report.ui_command() == f"open {page}?workflowType=machine_learning&viewStateShareKey=sweep"
 
     parents, children = sweep_runs(mlflow_server, "served")
     runs = by_point(children)

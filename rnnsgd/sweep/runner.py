@@ -47,6 +47,7 @@ from rnnsgd.sweep.tracking import (
     SweepTracker,
     TrialRun,
     check_reachable,
+    experiment_url,
     point_state,
     resolve_tracking_uri,
     store_exists,
@@ -90,8 +91,9 @@ class SweepReport:
 
     def ui_command(self) -> str:
         if self.tracking_uri.startswith("sqlite:"):
-            return f"mlflow ui --backend-store-uri {self.tracking_uri} --port 5000"
-        return f"open {self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}"
+            url = experiment_url("http://127.0.0.1:5000", self.experiment_id)
+            return f"mlflow ui --backend-store-uri {self.tracking_uri} --port 5000, then open {url}"
+        return f"open {experiment_url(self.tracking_uri, self.experiment_id)}"
 
 
 def default_storage(cwd: str | Path | None = None) -> str:
@@ -280,7 +282,7 @@ def run_sweep(
                 with tracker.lock():  # a driver started at the same time then finds this one's parent RUNNING
                     experiment_id = tracker.experiment(sweep.name)
                     tags = {"git_sha": sha, "rnnsgd.source": sweep.source}
-                    parent_id = tracker.open_parent(experiment_id, sweep.name, sweep.definition, tags)
+                    parent_id = tracker.open_parent(experiment_id, sweep, tags)
             except SweepError as e:  # a deleted experiment, or another live driver on this sweep
                 raise SweepError(f"{sweep.source}: {e}") from None
             # ---- from here on runs exist: no more bad input, only outcomes

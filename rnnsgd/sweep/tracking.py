@@ -4,6 +4,12 @@ One experiment per sweep name, one parent run per sweep (re-opened by every re-r
 grid point. Runs end FINISHED (outcome completed, budget or diverged), KILLED (stopped or orphaned) or FAILED
 (with the traceback as an artifact). The driver uses `SweepTracker`; a trial uses `TrialRun`.
 
+What the MLflow UI shows is set here too (docs/sweeps.md, "What MLflow holds"): the experiment is tagged as
+model training, not GenAI; the parent carries the sweep's description, its axes and base values as params
+and the sweep file; the experiment holds a saved view of the runs page (`sweep_view`) with the headline
+metrics, the varying keys and the outcome as columns and the headline charts first, on a log step axis,
+which `experiment_url` opens; a report adds its files and a results table to the parent (`log_report`).
+
 Metric values are logged as they come, NaN included (a NaN means "not defined here", e.g. perf/steps_per_s
 at step 0, or a diverged run). A step may appear twice in a run that was stopped and resumed (the same values
 both times): readers dedupe by (run, key, step), keeping the last.
@@ -27,7 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from rnnsgd.config import format_value
+from rnnsgd.config import FLAT_KEYS, format_value
 from rnnsgd.sweep.spec import Point, Sweep, SweepError, sweep_from_dict
 
 ROLE = "rnnsgd.role"  # "parent" | "trial"
@@ -42,6 +48,19 @@ OUTCOME_STATUS = {
     "killed": "KILLED", "error": "FAILED",
 }  # fmt: skip
 PARAM_MAX = 500  # MLflow params are strings; the flat config's values are far shorter
+NOTE = "mlflow.note.content"  # the UI's description of a run or an experiment
+KIND = "mlflow.experimentKind"  # the experiment type the UI's selector writes
+TRAINING = "custom_model_development"  # the UI's "Machine learning" kind (not "genai_development")
+SWEEP_FILE = "sweep.yaml"  # the parent's artifact: the sweep file as written (sweep.json: as resolved)
+CHANGED = "rnnsgd.changed_params"  # on the parent: params a later run of the sweep would have changed
+VIEW_ID = "sweep"  # the saved view's id: the URL's viewStateShareKey, and the tag's suffix
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_ID}"  # where the UI keeps a saved view of the runs page
+# the metrics a point is read by (docs/metrics.md), first in the saved view's columns and charts, with the
+# y scale of their chart: risks are positive and span decades; relative risk and gap are read linearly
+HEADLINE = {
+    "test/rel_risk_tail": "linear", "test/rel_risk": "linear", "test/risk": "log", "test/nrisk": "log",
+    "gen/gap": "linear",
+}  # fmt: skip
 
 
 def default_tracking_uri(cwd: str | Path | None = None) -> str:
@@ -200,8 +219,28 @@ class SweepTracker:
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)
         with self.lock():
+            new_store = uri.startswith("sqlite:///") and not store_exists(uri)
             self.client = _client(uri)
             self.client.search_experiments(max_results=1)
+            if new_store:
+                self._drop_default_experiment()
+
+    def _drop_default_experiment(self) -> None:
+        """Delete the empty "Default" experiment (id 0) that MLflow puts into every new database store, so
+        that the store this sweep created lists only sweeps. Deleted, not purged: MLflow re-creates
+        experiment 0 when a store starts only where there is none at all, so a deleted one stays deleted
+        (`mlflow experiments restore --experiment-id 0` brings it back)."""
+        from mlflow.entities import ViewType
+        from mlflow.exceptions import MlflowException
+
+        try:
+            exp = self.client.get_experiment("0")
+        except MlflowException:  # a store without one: nothing to do
+            return
+        if exp.name != "Default" or exp.lifecycle_stage != "active":
+            return
+        if not self.client.search_runs(["0"], run_view_type=ViewType.ALL, max_results=1):
+            self.client.delete_experiment("0")
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
         """Between processes of this host, for a SQLite store: the creation of the store, and a driver's
@@ -222,7 +261,19 @@ class SweepTracker:
         location = None
         if self.uri.startswith("sqlite:///"):  # artifacts next to the database, by absolute path
             location = str(Path(self.uri[len("sqlite:///") :]).parent / "mlartifacts" / name)
-        return self.client.create_experiment(name, artifact_location=location)
+        return self.client.create_experiment(name, artifact_location=location, tags={KIND: TRAINING})
+
+    def describe_experiment(self, experiment_id: str, sweep: Sweep) -> None:
+        """The experiment's description (the sweep's), its kind (model training, unless someone chose
+        another in the UI since) and the saved view of its runs page, rewritten for the sweep as it is now."""
+        exp = self.client.get_experiment(experiment_id)
+        tags = {VIEW_TAG: sweep_view(sweep)}
+        if KIND not in exp.tags:
+            tags[KIND] = TRAINING
+        if sweep.description:
+            tags[NOTE] = sweep.description
+        for key, value in tags.items():
+            self.client.set_experiment_tag(experiment_id, key, value)
 
     def find_parent(self, experiment_id: str):
         runs = self.client.search_runs(
@@ -233,10 +284,12 @@ class SweepTracker:
         )
         return runs[0] if runs else None
 
-    def open_parent(
-        self, experiment_id: str, name: str, definition: dict[str, Any], tags: dict[str, str]
-    ) -> str:
-        """Create the sweep's parent run, or re-open it; refuse while a live driver on this host holds it."""
+    def open_parent(self, experiment_id: str, sweep: Sweep, tags: dict[str, str]) -> str:
+        """Create the sweep's parent run, or re-open it; refuse while a live driver on this host holds it.
+        Then describe it: the sweep's description, its axes and base values as params (parent_params), the
+        resolved sweep (sweep.json) and the sweep file (sweep.yaml) as artifacts; and the experiment
+        (describe_experiment)."""
+        name = sweep.name
         parent = self.find_parent(experiment_id)
         if parent is not None:
             holder = parent.data.tags.get(DRIVER)
@@ -246,16 +299,34 @@ class SweepTracker:
                 )
             run_id = parent.info.run_id
             self.client.update_run(run_id, status="RUNNING")
+            logged = parent.data.params
         else:
             run_id = self.client.create_run(
                 experiment_id, run_name=name, tags={ROLE: "parent", "sweep": name, **tags}
             ).info.run_id
-        from mlflow.entities import RunTag
+            logged = {}
+        from mlflow.entities import Param, RunTag
 
-        self.client.log_batch(
-            run_id, tags=[RunTag(DRIVER, driver_id()), *(RunTag(k, v) for k, v in tags.items())]
-        )
-        self.client.log_dict(run_id, definition, DEFINITION)
+        # MLflow refuses to change a logged param: a re-run that grew an axis keeps the first values there
+        # and names the keys in CHANGED (sweep.json, rewritten below, has the sweep as it is now)
+        params = parent_params(sweep)
+        changed = sorted(k for k, v in params.items() if k in logged and logged[k] != v)
+        run_tags = [RunTag(DRIVER, driver_id()), *(RunTag(k, v) for k, v in tags.items())]
+        if sweep.description:
+            run_tags.append(RunTag(NOTE, sweep.description))
+        if changed:
+            run_tags.append(RunTag(CHANGED, ", ".join(changed)[:PARAM_MAX]))
+        self.client.log_batch(run_id, tags=run_tags)
+        new = [Param(k, v) for k, v in params.items() if k not in logged]
+        for i in range(0, len(new), 100):  # MLflow's limit on params and tags per log_batch
+            self.client.log_batch(run_id, params=new[i : i + 100])
+        if not changed and parent is not None and CHANGED in parent.data.tags:
+            self.client.delete_tag(run_id, CHANGED)
+        self.client.log_dict(run_id, sweep.definition, DEFINITION)
+        source = Path(sweep.source)
+        if not sweep.source.startswith("mlflow:") and source.is_file():  # a sweep file, not a stored one
+            self.client.log_text(run_id, source.read_text(), SWEEP_FILE)
+        self.describe_experiment(experiment_id, sweep)
         return run_id
 
     def children(self, experiment_id: str, parent_id: str) -> dict[str, list[ChildRun]]:
@@ -315,6 +386,109 @@ class SweepTracker:
     def definition(self, parent_id: str) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             return json.loads(Path(self.client.download_artifacts(parent_id, DEFINITION, tmp)).read_text())
+
+
+def parent_params(sweep: Sweep) -> dict[str, str]:
+    """The parent's params: `axis.<key>` for each key whose value differs between points, its values in the
+    order they first appear ("8, 64"); `base.<key>` for each other key the sweep sets (in a base, or as an
+    axis of one value), its value."""
+    if not sweep.points:
+        return {}
+    varying = sweep.varying_keys()
+    named = {k for b in sweep.blocks for k in (*b.base, *(key for a in b.axes for key in a.keys))}
+    out = {}
+    for key in varying:
+        values = list(dict.fromkeys(format_value(p.flat[key]) for p in sweep.points))
+        sep = " | " if any("," in v for v in values) else ", "  # a tuple's value is written "1,2"
+        text = sep.join(values)
+        if len(text) > PARAM_MAX:
+            tail = f" ... ({len(values)} values)"
+            text = text[: PARAM_MAX - len(tail)] + tail
+        out[f"axis.{key}"] = text
+    for key in sorted(named - set(varying)):
+        out[f"base.{key}"] = format_value(sweep.points[0].flat[key])[:PARAM_MAX]
+    return out
+
+
+def experiment_url(base: str, experiment_id: str) -> str:
+    """The experiment's runs page in the MLflow UI served at `base`: as model training (the UI opens GenAI
+    pages unless the address or the sidebar's switch says otherwise) and in the sweep's saved view."""
+    query = f"workflowType=machine_learning&viewStateShareKey={VIEW_ID}"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def sweep_view(sweep: Sweep) -> str:
+    """The saved view of the experiment's runs page, as the UI's "Save view" writes it (the tag VIEW_TAG):
+    a JSON envelope {name, createdAt, state} whose state is the page's state as JSON.
+
+    The point runs are grouped by cell (the varying keys other than seeds; by role where only seeds vary):
+    grouped rows are listed flat, where the collapsed parent would hide its children from table and charts
+    alike, and the charts draw each cell's average over its seeds with their range. All runs are charted
+    (the UI charts the first ten otherwise). Columns, in order: the headline metrics, varying keys, outcome.
+    Charts: the headline metrics first, in a section of their own, over the SGD step on a log axis (the
+    evaluations are geometric in the step); the UI adds the other metrics' charts after them, by section."""
+    section = "rnnsgd-headline"  # fixed ids: a re-run rewrites the view without changing what it shows
+    charts = [
+        {
+            "uuid": f"rnnsgd-{key}", "type": "LINE", "metricSectionId": section, "metricKey": key,
+            "selectedMetricKeys": [key], "deleted": False, "isGenerated": False,
+            "runsCountToCompare": max(10, len(sweep.points)), "lineSmoothness": 0, "xAxisKey": "step",
+            "xAxisScaleType": "log", "scaleType": scale, "selectedXAxisMetricKey": "",
+            "useGlobalXaxisKey": False, "useGlobalLineSmoothing": True,
+        }
+        for key, scale in HEADLINE.items()
+    ]  # fmt: skip
+    varying = sweep.varying_keys()
+    columns = [*(f"metrics.`{m}`" for m in HEADLINE), *(f"params.`{k}`" for k in varying), "tags.`outcome`"]
+    # the table's own columns, then these in this order, wide enough for a point's name and a risk's digits
+    order = ["attributes.`Run Name`", "runDateAndNestInfo", "duration", *columns]
+    widths = {order[0]: 300, **{c: 120 for c in columns if c.startswith("metrics.")}}
+    cell = [{"mode": "param", "groupByData": k} for k in varying if not k.startswith("seed.")]
+    state = {
+        "searchFilter": "", "orderByKey": "attributes.start_time",
+        "orderByAsc": False, "startTime": "ALL", "lifecycleFilter": "Active",
+        "modelVersionFilter": "All Runs", "datasetsFilter": [],
+        "selectedColumns": columns, "columnOrder": order, "columnWidths": widths,
+        "runsHiddenMode": "SHOW_ALL", "viewMaximized": False, "runListHidden": False,
+        "groupBy": {"aggregateFunction": "average",
+                    "groupByKeys": cell or [{"mode": "tag", "groupByData": ROLE}]},
+        "groupsExpanded": {}, "useGroupedValuesInCharts": bool(cell), "hideEmptyCharts": True,
+        "compareRunSections": [
+            {"uuid": section, "name": "Headline metrics", "display": True, "isReordered": True,
+             "deleted": False, "isGenerated": False},
+        ],
+        "compareRunCharts": charts, "isAccordionReordered": True, "chartsSearchFilter": "",
+        "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
+    }  # fmt: skip
+    name = f"{sweep.name}: points and headline metrics"
+    return json.dumps({"name": name, "createdAt": _now_ms(), "state": json.dumps(state)})
+
+
+RESULTS = "report/results.json"  # the parent's table of the report's points (MLflow's log_table format)
+
+
+def results_table(runs):
+    """The report's one-row-per-point frame cut to what tells the points apart and how they ended: the
+    config keys that vary, outcome and status, the headline metrics (their last values), point and run ids."""
+    keys = [k for k in FLAT_KEYS if k in runs and runs[k].astype(str).nunique() > 1]
+    tail = [c for c in ("outcome", "status", *HEADLINE, "point_id", "run_id") if c in runs]
+    return runs[keys + tail].reset_index(drop=True)
+
+
+def log_report(uri: str, run_id: str, folder: str | Path, runs) -> None:
+    """A report on its sweep's parent run: the folder (report.md, report.html, figures/) under report/, and
+    `results_table(runs)` as the table RESULTS, which the UI shows as a table."""
+    client = _client(uri)
+    client.log_artifacts(run_id, str(folder), "report")
+    table = results_table(runs)
+    if any(f.path == RESULTS for f in client.list_artifacts(run_id, "report")):
+        # log_table appends to an existing table: an earlier report's is replaced, in log_table's format
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(RESULTS).name
+            table.to_json(path, orient="split", index=False, date_format="iso")
+            client.log_artifact(run_id, str(path), str(Path(RESULTS).parent))
+    else:
+        client.log_table(run_id, table, RESULTS)
 
 
 def driver_alive(parent) -> bool:
