@@ -1,14 +1,16 @@
-"""`rnnsgd train | sweep | status | analyze | report`; bad input exits with status 2 and one line."""
+"""`rnnsgd train | sweep | status | export | analyze | report`; bad input exits with status 2 and one line."""
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import json
 import math
 import os
 import shlex
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, NoReturn
@@ -48,10 +50,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise BadInput(f"{args.config}: expected a mapping of dotted keys, e.g. 'model.m: 256'")
         flat.update(loaded)
     flat.update(parse_sets(args.set))
+    if args.threads < 0:
+        raise BadInput(f"--threads: must be >= 1 (0: torch's default, one per core), got {args.threads}")
     try:  # all of it before torch's import (seconds), and before anything is allocated
         cfg = TrialConfig.from_flat(flat)
         check_fits(cfg, available_memory(), "of memory available on this machine")
-        from rnnsgd.train import resolve_device, train
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+    tracking = _train_tracking(args) if args.track else None  # checked, nothing created yet
+    try:
+        import torch
+
+        from rnnsgd.train import Trainer, resolve_device
 
         device = resolve_device(cfg.train.device)  # train.device=cuda on a machine without one is bad input
         if device.type == "cuda":
@@ -59,18 +69,56 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise BadInput(str(e)) from None
 
-    def show(metrics: dict[str, float], _trainer: Any) -> None:
-        if args.quiet:
-            return
-        keys = ("train/risk", "test/risk", "test/nrisk", "w/move_fro", "act/flip_frac")
-        cells = "  ".join(f"{k} {metrics[k]:8.4f}" for k in keys if k in metrics)
-        print(
-            f"step {int(metrics['step']):>8}  {cells}",
-            file=sys.stderr if args.json else sys.stdout,
-            flush=True,
-        )
+    from rnnsgd.console import TrainProgress, plural
 
-    result = train(cfg, show)
+    out = sys.stderr if args.json else sys.stdout  # with --json, stdout holds the one JSON object only
+    threads_before = torch.get_num_threads()
+    if args.threads:  # one thread by default: faster here (benchmarks/README.md, bench_cli_threads.py)
+        torch.set_num_threads(args.threads)
+    run = None
+    try:
+        if tracking is not None:
+            run = _open_train_run(args, tracking, cfg, device.type)
+        trainer = Trainer(cfg)
+        sched = trainer.sched
+        how = "train.T" if cfg.train.T else f"the {cfg.train.schedule} schedule's budget"
+        if not args.quiet:
+            eta = f"{sched.eta:.4g}" + (f" (grad_sq {trainer.grad_sq:.4g} at init)" if cfg.train.schedule ==
+                                       "practical" else "")  # fmt: skip
+            print(f"lambda {sched.lam:.4g}, eta {eta}, T {sched.T} steps at most ({how}; a plateau ends the "
+                  f"run sooner); {device.type}, {plural(torch.get_num_threads(), 'thread')}", file=out,
+                  flush=True)  # fmt: skip
+        progress = TrainProgress(sched.T, out)
+
+        def on_eval(metrics: dict[str, Any], _trainer: Any) -> None:
+            if run is not None:
+                run.log(metrics, int(metrics["step"]))
+            if not args.quiet:
+                progress.evaluation(metrics)
+
+        if not args.quiet:
+            trainer.on_steps = progress.steps
+        progress.start()
+        try:
+            result = trainer.run(on_eval)
+        finally:
+            progress.close()
+        if run is not None:
+            run.finish(result.status, tags={"rnnsgd.train_s": f"{time.monotonic() - progress.t0:.3f}"})
+    except BaseException as e:
+        if run is not None:  # the run ends KILLED (Ctrl+C) or FAILED with the traceback, never RUNNING
+            import traceback
+
+            killed = isinstance(e, KeyboardInterrupt | SystemExit)
+            with contextlib.suppress(Exception):
+                run.finish("killed" if killed else "error", None, None if killed else traceback.format_exc())
+        if isinstance(e, KeyboardInterrupt):
+            ended = f"; its MLflow run {run.run_id} ended KILLED" if run is not None else ""
+            print(f"rnnsgd train: interrupted{ended}", file=sys.stderr)
+            return 130
+        raise
+    finally:
+        torch.set_num_threads(threads_before)  # a caller in this process (a test, a notebook) keeps its own
     final = {"outcome": result.status, **result.metrics}
     if args.json:
         print(
@@ -81,8 +129,56 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         print(f"outcome: {result.status}")
         for k, v in result.metrics.items():
-            print(f"  {k:<22} {v:.6g}")
+            print(f"  {k:<22} {v}" if isinstance(v, int) else f"  {k:<22} {v:.6g}")
+    if run is not None:
+        print(f"tracked: run {run.run_id} of experiment {args.experiment!r} in {tracking}; open it with: "
+              f"{ui_command(tracking)}", file=out)  # fmt: skip
     return 0
+
+
+def _train_tracking(args: argparse.Namespace) -> str:
+    """--track: the tracking URI (as for sweeps), checked before anything else starts."""
+    from rnnsgd.sweep.spec import SweepError
+    from rnnsgd.sweep.tracking import check_reachable, resolve_tracking_uri
+
+    if not args.experiment.strip():
+        raise BadInput("--experiment: empty; give a name, or leave it out for rnnsgd-train")
+    try:
+        uri, where = resolve_tracking_uri(args.tracking_uri, None, "rnnsgd train")
+        check_reachable(uri, where)
+    except SweepError as e:
+        raise BadInput(str(e)) from None
+    return uri
+
+
+def _open_train_run(args: argparse.Namespace, uri: str, cfg: Any, device: str):
+    """The MLflow run of `rnnsgd train --track`: its experiment (created when new), the flat config as
+    params, tags; metrics then go through tracking.TrialRun (batched) as in a sweep."""
+    from mlflow.entities import Param
+
+    from rnnsgd.config import format_value
+    from rnnsgd.sweep.runner import git_sha
+    from rnnsgd.sweep.spec import SweepError
+    from rnnsgd.sweep.tracking import PARAM_MAX, ROLE, SweepTracker, TrialRun
+
+    try:
+        tracker = SweepTracker(uri)
+        with tracker.lock():
+            experiment_id = tracker.experiment(args.experiment)
+    except SweepError as e:
+        raise BadInput(f"--experiment {args.experiment}: {str(e).removeprefix('name: ')}") from None
+    name = " ".join([*([Path(args.config).stem] if args.config else []), *args.set]) or "defaults"
+    tags = {ROLE: "train", "git_sha": git_sha(), "device": device, "rnnsgd.threads": str(args.threads)}
+    run_id = tracker.client.create_run(experiment_id, run_name=name[:250], tags=tags).info.run_id
+    params = [Param(k, format_value(v)[:PARAM_MAX]) for k, v in cfg.to_flat().items()]
+    tracker.client.log_batch(run_id, params=params)
+    return TrialRun(uri, run_id, new=True)
+
+
+def ui_command(uri: str) -> str:
+    if uri.startswith("sqlite:"):
+        return f"mlflow ui --backend-store-uri {uri} --port 5000"
+    return f"open {uri}"
 
 
 def is_sweep_file(target: str) -> bool:
@@ -104,6 +200,7 @@ def load_sweep_target(target: str, variant: str | None, sets: dict[str, str], tr
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from rnnsgd.console import plural
     from rnnsgd.sweep.spec import SweepError
 
     sets = parse_sets(args.set)
@@ -113,7 +210,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             from rnnsgd.sweep.runner import check_local_resources
 
             check_local_resources(sweep)  # what a run would refuse before starting, the dry run refuses too
-            print(f"{sweep.source}: sweep {sweep.name}: {len(sweep.points)} points")
+            print(f"{sweep.source}: sweep {sweep.name}: {plural(len(sweep.points), 'point')}")
             for i, block in enumerate(sweep.blocks):
                 axes = " x ".join(f"{a.label} ({len(a.values)})" for a in block.axes) or "no axes"
                 print(f"  {f'block {i}: ' if len(sweep.blocks) > 1 else ''}{axes}")
@@ -124,8 +221,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             slots = trial_slots(sweep, local_nodes())
             sizes = Counter(len(p) for p in pack_points(sweep, list(sweep.points), slots))
             shape = ", ".join(f"{n} x {k}" for k, n in sorted(sizes.items(), reverse=True))
-            print(f"{sum(sizes.values())} trials: {shape} points (pack.size {sweep.pack.size or 'auto'}, "
-                  f"{slots} at a time on this machine)")  # fmt: skip
+            print(f"{plural(sum(sizes.values()), 'trial')}: {shape} points (pack.size "
+                  f"{sweep.pack.size or 'auto'}, {slots} at a time on this machine)")  # fmt: skip
             return 0
         from rnnsgd.sweep.runner import run_sweep
 
@@ -154,6 +251,40 @@ def cmd_status(args: argparse.Namespace) -> int:
     except SweepError as e:
         raise BadInput(str(e)) from None
     print(text)
+    return 0
+
+
+def run_first(args: argparse.Namespace) -> str:
+    """What to say about a sweep that has no runs yet: the command that runs it."""
+    if not is_sweep_file(args.sweep):
+        return "run it first: rnnsgd sweep FILE"
+    return "run it first: " + shlex.join(
+        ["rnnsgd", "sweep", args.sweep, *(["--variant", args.variant] if args.variant else [])]
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from rnnsgd.console import plural
+    from rnnsgd.sweep.tracking import store_exists
+
+    out = args.out
+    if out is not None and out != "-" and not out.endswith((".csv", ".parquet")):
+        raise BadInput(f"-o {out}: expected a .csv or .parquet file name (or - for CSV on stdout)")
+    name, uri = _report_target(args)
+    out = out or f"{name}.csv"
+    if not store_exists(uri):  # reading must not create an empty store
+        raise BadInput(f"sweep {name!r}: no tracking store at {uri}; {run_first(args)}")
+    from rnnsgd.analysis.export import points_table, write_table
+    from rnnsgd.analysis.load import NoSuchSweep, load_runs
+
+    try:
+        table = points_table(load_runs(name, uri))
+    except NoSuchSweep as e:
+        raise BadInput(f"{e}; {run_first(args)}") from None
+    write_table(table, out)
+    where = "stdout" if out == "-" else Path(out).resolve()
+    print(f"sweep {name}: {plural(len(table), 'point')}, {len(table.columns)} columns -> {where}",
+          file=sys.stderr if out == "-" else sys.stdout)  # fmt: skip
     return 0
 
 
@@ -401,6 +532,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--n-boot", type=int, default=2000, help="hierarchical bootstrap replicates")
 
     p = sub.add_parser(
+        "export",
+        help="a sweep's results as one table (CSV or Parquet): a row per grid point with its "
+        "config, final metrics, outcome and status",
+    )
+    p.add_argument("sweep", metavar="FILE|NAME", help="sweep file, or the name of a sweep that has run")
+    p.add_argument("--variant", help="which of the file's variants")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (as for `rnnsgd sweep`)")
+    p.add_argument(
+        "-o",
+        "--out",
+        metavar="OUT.csv|OUT.parquet",
+        help="output file, by its suffix; - for CSV on stdout (default: <sweep name>.csv)",
+    )
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
         "report", help="HTML + Markdown report of a sweep: grid, figures, fits, a verdict per claim"
     )
     p.add_argument("sweep", metavar="FILE|NAME", help="sweep file, or the name of a sweep that has run")
@@ -425,7 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="E0: right verdicts on synthetic sweeps of known laws against the span of L and the seeds, and "
         "the smallest span reaching 95%% (spans x seeds x 3 laws x --replicates fits, 1080 by default: "
-        "~0.1 s each at --n-boot 200, ~0.35 s at 2000)",
+        "~0.1 s each at --n-boot 200, ~0.35 s at 2000, on a 2-core CPU)",
     )
     p.add_argument("--replicates", type=int, default=40, help="synthetic sweeps per cell (--validate)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic sweeps (--validate)")
@@ -454,9 +601,24 @@ def private_files() -> None:
     os.umask(mask)
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """parser.parse_args, except that words left over are refused by the subcommand's own parser: its usage,
+    not the top level's, and for `--set model.m 128` the form meant."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sub = parser.subcommands[args.command]  # type: ignore[attr-defined]
+        hint = ""
+        for i, word in enumerate(argv[:-2]):
+            if word == "--set" and "=" not in argv[i + 1] and argv[i + 2] == extra[0]:
+                hint = f" (--set takes KEY=VALUE as one word: --set {argv[i + 1]}={argv[i + 2]})"
+                break
+        sub.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, sys.argv[1:] if argv is None else list(argv))
     if getattr(args, "metric", "") is None:  # report, analyze: imported here, not for every command
         from rnnsgd.analysis.thresholds import DEFAULT_METRIC
 

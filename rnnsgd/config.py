@@ -8,6 +8,7 @@ computed by `schedule` (docs/schedule.md), never stored twice.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import math
 import typing
@@ -100,7 +101,7 @@ class TrialConfig:
             section, _, name = key.partition(".")
             types_ = _field_types(section)
             if types_ is None or name not in types_:
-                raise ValueError(f"{key}: unknown key (known: {', '.join(sorted(FLAT_KEYS))})")
+                raise ValueError(f"{key}: {unknown('key', key, FLAT_KEYS)}")
             parts[section][name] = coerce(key, raw, types_[name])
         sections = {f.name: _SECTIONS[f.name](**parts[f.name]) for f in dataclasses.fields(cls)}
         return cls(**sections)
@@ -130,6 +131,33 @@ def _field_types(section: str) -> dict[str, Any] | None:
 FLAT_KEYS: tuple[str, ...] = tuple(
     f"{s}.{name}" for s, cls in _SECTIONS.items() for name in typing.get_type_hints(cls)
 )
+
+
+def did_you_mean(word: str, choices: typing.Iterable[str]) -> str | None:
+    """'did you mean model.m?' for a misspelt name, or None when nothing is close: a match but for case
+    first (data.n -> data.N), then a bare field name (L -> data.L), then difflib's closest (at most three,
+    and only those nearly as close as the closest: data.NN -> data.N, not data.p and data.d too)."""
+    choices = [str(c) for c in choices]
+    close = [c for c in choices if c.lower() == word.lower()]
+    close = close or [c for c in choices if "." in c and c.rpartition(".")[2] == word]
+    if not close:
+        ratio = {
+            c: difflib.SequenceMatcher(None, word, c).ratio()
+            for c in difflib.get_close_matches(word, choices, n=3)
+        }
+        close = [c for c, r in ratio.items() if r >= max(ratio.values()) - 0.1]
+        close.sort(key=lambda c: (-ratio[c], choices.index(c)))  # ties in the order the choices are given
+    if not close:
+        return None
+    return f"did you mean {close[0] if len(close) == 1 else ', '.join(close[:-1]) + ' or ' + close[-1]}?"
+
+
+def unknown(what: str, word: str, choices: typing.Iterable[str]) -> str:
+    """The one-line complaint about an unknown name: the close matches where there are some (a list of 32
+    keys hides the one meant), else every choice."""
+    choices = list(choices)
+    hint = did_you_mean(word, choices)
+    return f"unknown {what}; {hint}" if hint else f"unknown {what} (known: {', '.join(map(str, choices))})"
 
 
 def coerce(key: str, raw: Any, typ: Any) -> Any:

@@ -136,6 +136,9 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.outcome: str | None = None
+        # called with the step reached after each block of SGD steps between evaluations (a live progress
+        # display; the sweep's packs do not call it): evaluations thin out geometrically, blocks do not
+        self.on_steps: Callable[[int], None] | None = None
 
     def _sample(self, n: int, gen: torch.Generator) -> Sample:
         da = self.cfg.data
@@ -274,6 +277,8 @@ class Trainer:
                 tail=self.tail_cur[None],
                 work=work,
             )[:, 0]
+            if self.on_steps is not None:
+                self.on_steps(self.step + min(t0 + block, n_steps))
         return G.sum().item() / (n_steps * cfg.train.batch)
 
     # ------------------------------------------------------------------------------------------ loop
@@ -283,7 +288,8 @@ class Trainer:
         test = self.objective(self.test)
         self._close_tail()
         tail = self.objective(self.test, self.tail_average())
-        metrics: dict[str, float] = {"step": self.step, "test/risk": test, "opt": self.opt}
+        # "step" stays an int (JSON, MLflow's step, printing); every other value is a float
+        metrics: dict[str, float] = {"step": int(self.step), "test/risk": test, "opt": self.opt}
         if self.train_set is not None:
             train = self._train_subset()
             metrics["train/risk"] = self.objective(train)

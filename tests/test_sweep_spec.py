@@ -113,7 +113,8 @@ BAD = [  # (YAML that does not parse: HARDENING, whose messages carry the line a
     ({"name": "x", "grid": {"data.N": {"log2": [8, 4]}}}, "grid.data.N: log2: expected [low, high]"),
     ({"name": "x", "grid": {"data.L": [4, 2]}}, "data.L: must be >= 3"),  # the learner's own check
     ({"name": "x", "zip": [{"data.L": [4, 8], "data.N": [16]}]}, "zip[0]: the lists of one zip group"),
-    ({"name": "x", "resources": {"cpu": 1, "tpu": 1}}, "resources.tpu: unknown key (known: cpu, gpu)"),
+    ({"name": "x", "resources": {"cpu": 1, "tpu": 1}},
+     "resources.tpu: unknown key; did you mean cpu or gpu?"),
     ({"name": "x", "resources": {"gpu": 1.5}}, "resources.gpu: expected a fraction"),
     ({"name": "x", "concurrency": 0}, "concurrency: expected a positive integer"),
     ({"name": "x bad"}, "name: required"),

@@ -23,7 +23,15 @@ class NoSuchSweep(ValueError):
 
 
 def _client(tracking_uri: str | None) -> MlflowClient:
-    return MlflowClient(tracking_uri=tracking_uri)
+    """None: the store the CLI uses (MLFLOW_TRACKING_URI, else sqlite:///<cwd>/runs/mlflow.db, where a sweep
+    run from this folder wrote), not MLflow's own default. A SQLite store that is not there is NoSuchSweep:
+    a client would create it."""
+    from rnnsgd.sweep.tracking import resolve_tracking_uri, store_exists
+
+    uri = tracking_uri or resolve_tracking_uri(None, None, "tracking_uri")[0]
+    if not store_exists(uri):
+        raise NoSuchSweep(f"no tracking store at {uri}")
+    return MlflowClient(tracking_uri=uri)
 
 
 def _search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list:
@@ -43,8 +51,14 @@ def _search_all(client: MlflowClient, experiment_id: str, filter_string: str) ->
 
 
 def load_runs(sweep: str, tracking_uri: str | None = None) -> pd.DataFrame:
-    """One row per grid point: typed flat params (TrialConfig keys), final metrics, tags, status, run_id."""
-    client = _client(tracking_uri)
+    """One row per grid point: typed flat params (TrialConfig keys), final metrics, tags, status, run_id.
+
+    `sweep` is the sweep's name (the file's `name`, with `-<variant>` for a variant: "e1-cpu").
+    NoSuchSweep when the store, its experiment or its point runs are not there (reading creates nothing)."""
+    try:
+        client = _client(tracking_uri)
+    except NoSuchSweep as e:
+        raise NoSuchSweep(f"sweep {sweep!r}: {e}") from None
     exp = client.get_experiment_by_name(sweep)
     if exp is None:
         raise NoSuchSweep(f"sweep {sweep!r}: no MLflow experiment of that name at {client.tracking_uri}")

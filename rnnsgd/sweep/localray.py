@@ -44,6 +44,17 @@ DASHBOARD_ENV = "RNNSGD_RAY_DASHBOARD"  # "1": the local Ray also starts its das
 # tests/test_listeners.py fails on any other.
 EXPOSED_LISTENERS: dict[str, str] = {}
 
+# Ray's notice, at every start of a local Ray, that it turned token authentication on (its default where
+# RAY_AUTH_MODE is unset). For the sweep's own Ray on loopback that is the setting it wants, and the notice
+# only says how to turn it off: dropped there. Joining a cluster (RAY_ADDRESS) never passes through this.
+TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
+TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"
+
+
+def _quiet_token_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(TOKEN_NOTICE)
+
+
 WATCH_EVERY_S = 0.5  # how often the watchdog looks for new processes of the local Ray, and for its end
 
 _watchdog: subprocess.Popen | None = None
@@ -86,6 +97,8 @@ def start_local_ray(logging_config) -> None:
     saved = os.environ.get(SINGLE_MACHINE_ENV), ray_constants.ENABLE_RAY_CLUSTER
     os.environ[SINGLE_MACHINE_ENV] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
+    token_log = logging.getLogger(TOKEN_LOGGER)
+    token_log.addFilter(_quiet_token_notice)
     try:
         ray.init(
             address="local", include_dashboard=dashboard, object_store_memory=256 * 1024**2,
@@ -94,6 +107,7 @@ def start_local_ray(logging_config) -> None:
             _system_config=None if dashboard else {"enable_metrics_collection": False},
         )  # fmt: skip
     finally:
+        token_log.removeFilter(_quiet_token_notice)
         if saved[0] is None:
             os.environ.pop(SINGLE_MACHINE_ENV, None)
         else:

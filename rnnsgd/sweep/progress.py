@@ -14,6 +14,8 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
+from rnnsgd.console import plural
+
 
 def _duration(seconds: float) -> str:
     s = int(round(seconds))
@@ -57,7 +59,8 @@ class Progress(Callback):
             eta = "-" if remaining == 0 else "?"
         extra = f", {self.retries} retried" if self.retries else ""
         elapsed = _duration(time.monotonic() - self.t0)
-        counts = f"{done}/{self.total} done, {len(self.running)} trials running, {self.failed} failed{extra}"
+        running = plural(len(self.running), "trial")
+        counts = f"{done}/{self.total} done, {running} running, {self.failed} failed{extra}"
         return f"[{self.name}] {counts}, elapsed {elapsed}, ETA {eta}"
 
     def show(self, force: bool = False, note: str | None = None) -> None:

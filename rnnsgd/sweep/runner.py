@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rnnsgd.config import TrialConfig, format_value, schedule
+from rnnsgd.console import plural
 from rnnsgd.sweep.diskspace import (
     check_free_space,
     checkpoint_bytes,
@@ -349,9 +350,10 @@ def _drive(
         in_packs = f" in {len(packs)} trial{'s' * (len(packs) > 1)}" if len(packs) != len(jobs) else ""
         each = f"{sweep.resources.cpu:g} CPU {sweep.resources.gpu:g} GPU each"
         out.write(
-            f"[{sweep.name}] {total} points: {done_before} done before, {len(jobs)} to run{in_packs}"
+            f"[{sweep.name}] {plural(total, 'point')}: {done_before} done before, "
+            f"{len(jobs)} to run{in_packs}"
             + (f" ({reattached} re-attached to their interrupted runs)" if reattached else "")
-            + f"; {concurrency} trials at a time, {each}\n"
+            + f"; {plural(concurrency, 'trial')} at a time, {each}\n"
         )
         out.flush()
         if packs:

@@ -27,7 +27,16 @@ from typing import Any
 
 import yaml
 
-from rnnsgd.config import FLAT_KEYS, MEMORY_FRACTION, TrialConfig, coerce, format_value, schedule
+from rnnsgd.config import (
+    FLAT_KEYS,
+    MEMORY_FRACTION,
+    TrialConfig,
+    coerce,
+    did_you_mean,
+    format_value,
+    schedule,
+    unknown,
+)
 
 BLOCK_KEYS = ("base", "grid", "zip", "seeds")  # what a block (one sub-grid) holds
 SWEEP_KEYS = (
@@ -195,7 +204,7 @@ def sweep_from_dict(
         raise SweepError(f"{source}: expected a mapping with at least 'name' (see docs/sweeps.md)")
     for key in raw:
         if key not in FILE_KEYS:
-            raise SweepError(f"{source}: {key}: unknown key (known: {', '.join(FILE_KEYS)})")
+            raise SweepError(f"{source}: {key}: {unknown('key', key, FILE_KEYS)}")
     origin: dict[str, str] = {}  # "grid.data.N" -> where the user wrote it, for error messages
     d, variant = _pick_variant(copy.deepcopy(raw), source, variant, origin)
     config_sets = {k: v for k, v in (sets or {}).items() if k in FIELD_TYPES}
@@ -210,7 +219,7 @@ def _overlay(d: dict, over: dict, where: str, allowed: tuple[str, ...], source: 
     for key, value in over.items():
         label = f"{where}.{key}" if where else key
         if key not in allowed:
-            raise SweepError(f"{source}: {label}: unknown key (known: {', '.join(allowed)})")
+            raise SweepError(f"{source}: {label}: {unknown('key', key, allowed)}")
         if key in MERGED and isinstance(value, dict) and isinstance(merged.get(key), dict):
             section = dict(merged[key])
             for k, v in value.items():
@@ -242,7 +251,7 @@ def _pick_variant(
     if variant is None:
         raise SweepError(f"{source}: --variant: pick one of {known} (the file has no default_variant)")
     if variant not in variants:
-        raise SweepError(f"{source}: --variant: unknown variant {variant!r} (known: {known})")
+        raise SweepError(f"{source}: --variant {variant}: {unknown('variant', str(variant), variants)}")
     over = variants[variant] if variants[variant] is not None else {}
     if not isinstance(over, dict):
         raise SweepError(f"{source}: variants.{variant}: expected a mapping of overrides")
@@ -284,10 +293,12 @@ def _apply_sweep_sets(d: dict, sets: Mapping[str, str], source: str, origin: dic
         elif key in SWEEP_KEYS:
             d[key] = _yaml_value(text)
         else:
+            hint = did_you_mean(key, (*FLAT_KEYS, *SWEEP_KEYS))
             raise SweepError(
+                f"{source}: --set {key}: unknown key; {hint}" if hint else
                 f"{source}: --set {key}: unknown key (a TrialConfig key such as model.m, or one of "
                 f"{', '.join(SWEEP_KEYS)}, resources.cpu, grid.<key>, base.<key>)"
-            )
+            )  # fmt: skip
         origin[key] = f"--set {key}"
 
 
@@ -324,7 +335,7 @@ def _build(d: dict, source: str, variant: str | None, origin: dict[str, str], co
     err = err_in(origin)
     for key in d:
         if key not in SWEEP_KEYS:
-            raise err(key, f"unknown key (known: {', '.join(SWEEP_KEYS)})")
+            raise err(key, unknown("key", key, SWEEP_KEYS))
     name = d.get("name")
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise err("name", f"required: letters, digits, '_', '.', '-' (at most 100), got {name!r}")
@@ -430,7 +441,7 @@ def _parse_block(bd: dict, err: Err) -> Block:
 
 def _known_key(key: Any, err, where: str) -> None:
     if key not in FIELD_TYPES:
-        raise err(where, f"unknown TrialConfig key (known: {', '.join(FLAT_KEYS)})")
+        raise err(where, unknown("TrialConfig key", str(key), FLAT_KEYS))
 
 
 def _coerce(key: str, raw: Any, err, where: str) -> Any:
@@ -512,9 +523,9 @@ def _seed_axes(seeds: Any, err) -> list[Axis]:
             s = list(range(s))
         values = _axis_values(f"seed.{stream}", s, err, where)
         axes.append(Axis((f"seed.{stream}",), tuple((v,) for v in values), where))
-    unknown = [k for k in spec if k not in ("teacher", "run")]
-    if unknown:
-        raise err(f"seeds.{unknown[0]}", "unknown seed stream (known: run, teacher)")
+    unknown_ = [k for k in spec if k not in ("teacher", "run")]
+    if unknown_:
+        raise err(f"seeds.{unknown_[0]}", unknown("seed stream", str(unknown_[0]), ("run", "teacher")))
     return axes
 
 
@@ -526,7 +537,7 @@ def _settings(spec: Any, name: str, known: tuple[str, ...], example: str, err) -
         raise err(name, f"expected a mapping like {example}, got {spec!r}")
     for key in spec:
         if key not in known:
-            raise err(f"{name}.{key}", f"unknown key (known: {', '.join(known)})")
+            raise err(f"{name}.{key}", unknown("key", str(key), known))
     return spec
 
 
