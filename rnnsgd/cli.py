@@ -337,66 +337,53 @@ def _build_report(args: argparse.Namespace, name: str, uri: str, out: Path):
     from rnnsgd.sweep.tracking import store_exists
 
     if not store_exists(uri):  # reading must not create an empty store
-        raise BadInput(f"sweep {name!r}: no tracking store at {uri}")
+        raise BadInput(f"sweep {name!r}: no tracking store at {uri}; {run_first(args)}")
     try:
         return report.build(name, uri, out, metric, level, args.n_boot, min_span)
     except NoSuchSweep as e:
-        raise BadInput(str(e)) from None
+        raise BadInput(f"{e}; {run_first(args)}") from None
     except report.UnknownMetric as e:
         raise BadInput(f"--metric {e}") from None
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from rnnsgd.analysis import report
-    from rnnsgd.sweep.tracking import SweepTracker
+    from rnnsgd.sweep.tracking import SweepTracker, log_report
 
     name, uri = _report_target(args)
     out = Path(args.out) if args.out else Path("reports") / name
     rep = _build_report(args, name, uri, out)
+    preface = _provenance(args, rep)  # before writing: the report names the command that wrote it
     md, page = report.write(rep, out)
     found = SweepTracker(uri).parent_info(name)
-    if found is not None:  # the report travels with the sweep: artifacts of its parent run
-        SweepTracker(uri).client.log_artifacts(found[1].info.run_id, str(out), "report")
+    if found is not None:  # the report travels with the sweep: artifacts and a results table of its parent
+        log_report(uri, found[1].info.run_id, out, rep.runs)
     for c in rep.claims:
         print(f"{c.id}: {c.verdict}")
     print(
         f"report: {page.resolve()} (and {md.name})" + ("; logged on the sweep's parent run" if found else "")
     )
     if args.findings:
-        preface = _provenance(args, rep, uri, None if found is None else found[1])
         print(f"findings: {report.write_findings(rep, Path(args.findings), preface).resolve()}")
     return 0
 
 
-def _provenance(args: argparse.Namespace, rep, uri: str, parent) -> list[str]:
-    """How a findings page was made and how to reproduce it: the commands, the code's commits, the store,
-    the sweep's wall time (from its parent run) and the machine."""
-    import datetime
+def _provenance(args: argparse.Namespace, rep) -> list[str]:
+    """The command that wrote the report, into its provenance (date, commits, store, parent run and links:
+    report.provenance_md); returns what a findings page adds: the machine and how to reproduce it."""
     import os
-
-    from rnnsgd.sweep.runner import git_sha
 
     variant = f" --variant {args.variant}" if args.variant else ""
     level = f" --metric {rep.metric} --level {rep.level:g}"
-    shas = sorted(rep.runs["git_sha"].dropna().unique()) if "git_sha" in rep.runs else ["unknown"]
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [
-        f"Written by `rnnsgd report {args.sweep}{variant}{level} --findings {args.findings}` on {now}, at "
-        f"commit {git_sha()}, from the runs of sweep `{rep.sweep}` in `{uri}` (trained at commit "
-        f"{', '.join(shas)}); every number below is read from those runs.",
-    ]
-    if parent is not None and parent.info.end_time:
-        wall = (parent.info.end_time - parent.info.start_time) / 60000
-        lines.append(
-            f"The sweep's parent run `{parent.info.run_id}` ran for {wall:.1f} minutes of wall time on a "
-            f"machine with {os.cpu_count()} CPU cores (Ray start and MLflow included; a resumed sweep adds "
-            "its pauses)."
-        )
-    lines.append(
+    findings = f" --findings {args.findings}" if getattr(args, "findings", None) else ""
+    if rep.provenance is not None:
+        rep.provenance.command = f"rnnsgd {args.command} {args.sweep}{variant}{level}{findings}"
+    return [
+        f"Every number below is read from the runs of sweep `{rep.sweep}` (its provenance follows); the "
+        f"sweep's wall time was measured on a machine with {os.cpu_count()} CPU cores.",
         f"Reproduce: `rnnsgd sweep {args.sweep}{variant}`, then `rnnsgd report {args.sweep}{variant}` "
-        "(on the same kind of CPU the runs are bit-identical)."
-    )
-    return lines
+        "(on the same kind of CPU the runs are bit-identical).",
+    ]
 
 
 def _number_list(text: str, kind: type, option: str, least: float) -> list:
@@ -458,25 +445,36 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         return 0
     if not args.sweep:
         raise BadInput("give a sweep (file or name), or --validate for the E0 check of the pipeline")
-    import tempfile
-
     from rnnsgd.analysis import report
 
     name, uri = _report_target(args)
-    with tempfile.TemporaryDirectory() as tmp:
-        rep = _build_report(args, name, uri, Path(tmp))
-        print(report.to_markdown(rep))
+    rep = _build_report(args, name, uri, None)  # None: no figures, a terminal shows none
+    _provenance(args, rep)
+    print(report.to_markdown(rep, figures=None))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnnsgd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.subcommands = sub.choices  # type: ignore[attr-defined]  # parse_args: a subcommand's own usage
     p = sub.add_parser("train", help="train one model and print its final metrics")
     p.add_argument("--config", help="YAML file of dotted keys (model.m: 256, ...)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key")
     p.add_argument("--json", action="store_true", help="print the final metrics as one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="torch threads (default 1, the fastest for these small products on a shared machine: "
+        "benchmarks/README.md; 0: torch's default, one per core)",
+    )
+    p.add_argument("--track", action="store_true", help="log the run to MLflow (config, metrics, outcome)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI for --track (as for `rnnsgd sweep`)")
+    p.add_argument("--experiment", default="rnnsgd-train", help="MLflow experiment for --track "
+                                                                "(default: rnnsgd-train)")  # fmt: skip
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sweep", help="run a sweep file's grid as Ray Tune trials, tracked in MLflow")

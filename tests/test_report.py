@@ -6,6 +6,7 @@ One small real sweep (36 points, a few hundred SGD steps each) is shared by ever
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from sweep_testlib import client, write_sweep
 from rnnsgd.analysis import report
 from rnnsgd.analysis.load import load_history, load_runs
 from rnnsgd.cli import main
+from rnnsgd.sweep.runner import git_sha
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "report-tiny"
@@ -76,20 +78,38 @@ def test_report_states_every_claim_with_evidence_and_logs_it_on_the_parent(swept
     assert "Not targeted by this sweep: C3 (needs online runs" in md and "## C3" not in md
     assert "N* = smallest N whose normalized test risk (test/nrisk) is <=" in md
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") >= 2 and 'src="http' not in page  # self-contained
-    for fig in ("learning_curves", "c4_mechanism", "heatmap_test_risk", "heatmap_gen_gap"):
-        assert (out / "figures" / f"{fig}.png").stat().st_size > 1000 and (
-            out / "figures" / f"{fig}.svg"
-        ).exists()
-    parent = [
-        r
-        for r in client(swept["uri"]).search_runs(
-            [client(swept["uri"]).get_experiment_by_name(NAME).experiment_id]
-        )
-        if r.data.tags.get("rnnsgd.role") == "parent"
+    # every figure the Markdown shows is a file beside it, and is inlined in the page: self-contained
+    shown = re.findall(r"^!\[[^\]]*\]\((figures/[^)]+\.png)\)$", md, re.M)
+    assert all((out / f).stat().st_size > 1000 and (out / f).with_suffix(".svg").exists() for f in shown)
+    assert page.count('src="data:image/png;base64,') == len(shown) and 'src="http' not in page
+    expected = {"risk_N_L", "risk_N_m", "learning_curves", "c1_scaling", "c4_mechanism", "heatmap_gen_gap"}
+    assert expected <= {Path(f).stem for f in shown}
+    # the grid, and the risk over it as tables at the level, in words
+    assert "<th>axis</th>" in page and "median test/nrisk over N x L (offline runs)" in page
+    assert f"the level {level:g} is absolute" in page
+    # provenance: the command, the code's commit, the store, the parent run and links into the MLflow UI
+    exp = client(swept["uri"]).get_experiment_by_name(NAME).experiment_id
+    (parent_id,) = [
+        r.info.run_id
+        for r in client(swept["uri"]).search_runs([exp])
+        if r.data.tags["rnnsgd.role"] == "parent"
     ]
-    logged = {a.path for a in client(swept["uri"]).list_artifacts(parent[0].info.run_id, "report")}
+    ui = f"http://127.0.0.1:5000/#/experiments/{exp}"
+    assert f"by <code>rnnsgd report {swept['file']} --metric test/nrisk" in page and git_sha() in page
+    assert f"<code>{swept['uri']}</code>" in page and f"mlflow ui --backend-store-uri {swept['uri']}" in page
+    assert f'<a href="{ui}/runs/{parent_id}"><code>{parent_id}</code></a>' in page
+    assert all(f'href="{ui}/runs/{run_id}"' in page for run_id in runs["run_id"])  # every run, linked
+    logged = {a.path for a in client(swept["uri"]).list_artifacts(parent_id, "report")}
     assert {"report/report.html", "report/report.md", "report/figures"} <= logged
+
+
+def test_analyze_prints_the_report_without_figures(swept, capsys):
+    code = main(["analyze", NAME, "--tracking-uri", swept["uri"], "--metric", "test/nrisk",
+                 "--level", "0.5", "--n-boot", "20"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "## C4: " in printed and "## Provenance" in printed and f"by `rnnsgd analyze {NAME}" in printed
+    assert not re.search(r"\.png|\.svg|!\[|Figure:", printed)  # a terminal shows no image
 
 
 @pytest.mark.parametrize(("law", "verdict"), [("power", "polynomial"), ("exponential", "exponential")])
@@ -164,3 +184,6 @@ def test_notebook_runs_against_the_sweep(swept, notebook, tmp_path, monkeypatch)
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any(o.output_type in ("display_data", "execute_result") for o in outputs)
+    # figures show inline: a plots.* Figure as a cell's value is an image, not "<Figure size ...>"
+    assert any("image/png" in o.get("data", {}) for o in outputs), notebook.name
+    assert not [o for o in outputs if "<Figure size" in o.get("data", {}).get("text/plain", "")]

@@ -9,21 +9,28 @@ Every verdict comes with its evidence, its uncertainty and the threshold it read
 answer the report says why in terms of the runs: a task not learned (under-fitting, budget, divergence), a
 grid limited by its step budget (an answer about iterations, not samples), a claim this sweep does not target.
 Controls (parity, unscaled inputs, another init variance, a linear network) get verdicts of their own against
-the main task. Written as Markdown and as a self-contained HTML page (figures inlined), and logged as
-artifacts on the sweep's parent run.
+the main task. The report opens with its provenance (when, from which code, which store and parent run, with
+links to the runs in the MLflow UI) and the metric and level in words, then shows the risk over the grid as
+tables and heatmaps, learning curves, N*(L) with the fitted laws, and the near-init quantities against m.
+Written as Markdown and as a self-contained HTML page (the `markdown` package, figures inlined), and logged
+as artifacts on the sweep's parent run.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
 import difflib
 import html
 import math
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote, urlparse
 
+import markdown as markdown_lib
 import numpy as np
 import pandas as pd
 
@@ -119,6 +126,68 @@ class Claim:
     targeted: bool = True
 
 
+UI_PORT = 5000  # where `mlflow ui` serves a database store when the report's links are followed
+
+
+@dataclass
+class Provenance:
+    """Where a report's numbers come from: when it was written, by which code, from which store and runs."""
+
+    written: str  # UTC date and time
+    code_sha: str  # the commit of the code that wrote the report (-dirty: with local changes)
+    run_shas: list[str]  # the commits the runs were trained at
+    tracking_uri: str
+    experiment_id: str | None = None
+    parent_run_id: str | None = None
+    wall_minutes: float | None = None  # the parent run's wall time
+    command: str = ""  # the command that wrote the report, where a command did
+
+    def ui_base(self) -> str:
+        """The MLflow UI's address: the tracking server itself for http(s), else `mlflow ui` on UI_PORT."""
+        if urlparse(self.tracking_uri).scheme in ("http", "https"):
+            return self.tracking_uri.rstrip("/")
+        return f"http://127.0.0.1:{UI_PORT}"
+
+    def ui_command(self) -> str:
+        """What serves the links: nothing for a tracking server, else `mlflow ui` on the store."""
+        if urlparse(self.tracking_uri).scheme in ("http", "https"):
+            return ""
+        return f"mlflow ui --backend-store-uri {self.tracking_uri} --port {UI_PORT}"
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.ui_base()}/#/experiments/{quote(str(self.experiment_id))}/runs/{quote(run_id)}"
+
+    def experiment_url(self) -> str:
+        return f"{self.ui_base()}/#/experiments/{quote(str(self.experiment_id))}"
+
+
+def read_provenance(sweep: str, tracking_uri: str | None, runs: pd.DataFrame) -> Provenance:
+    """The sweep's experiment and parent run from the store, the code's commit now and the runs' commits."""
+    from mlflow.tracking import MlflowClient
+
+    from rnnsgd.sweep.runner import git_sha
+    from rnnsgd.sweep.tracking import SweepTracker
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    uri = str(client.tracking_uri)
+    found = SweepTracker(uri).parent_info(sweep)
+    exp = found[0] if found else getattr(client.get_experiment_by_name(sweep), "experiment_id", None)
+    parent = found[1] if found else None
+    wall = None
+    if parent is not None and parent.info.end_time and parent.info.start_time:
+        wall = (parent.info.end_time - parent.info.start_time) / 60000
+    shas = sorted(runs["git_sha"].dropna().unique()) if "git_sha" in runs else []
+    return Provenance(
+        written=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        code_sha=git_sha(),
+        run_shas=[str(v) for v in shas],
+        tracking_uri=uri,
+        experiment_id=None if exp is None else str(exp),
+        parent_run_id=None if parent is None else parent.info.run_id,
+        wall_minutes=wall,
+    )
+
+
 @dataclass
 class Report:
     sweep: str
@@ -128,6 +197,7 @@ class Report:
     figures: dict[str, list[Path]]
     metric: str = DEFAULT_METRIC
     level: float = DEFAULT_LEVEL
+    provenance: Provenance | None = None
 
 
 def criterion(what: str, y: str, level: float) -> str:
@@ -190,17 +260,67 @@ def grid_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def risk_tables(runs: pd.DataFrame, y: str) -> list[tuple[str, pd.DataFrame]]:
+# the grid views of the risk: (rows, columns) of offline runs per claim's axes (C1: N x L, C2: N x m,
+# C5: N x init variance or activation), and of online runs (C3: L x m, or L alone)
+OFFLINE_VIEWS = (("data.N", "data.L"), ("data.N", "model.m"), ("data.N", "model.w_var"),
+                 ("data.N", "model.activation"))  # fmt: skip
+ONLINE_VIEWS = (("data.L", "model.m"), ("data.L",))
+
+
+@dataclass
+class GridView:
+    """The median risk over two axes of the grid (or one), of the offline or the online runs."""
+
+    name: str  # its figure's name
+    online: bool
+    axes: tuple[str, ...]
+
+    def title(self, y: str) -> str:
+        over = " x ".join(a.split(".")[-1] for a in self.axes)
+        return f"median {y} over {over} ({'online' if self.online else 'offline'} runs)"
+
+    def runs(self, runs: pd.DataFrame) -> pd.DataFrame:
+        online = runs["data.online"].astype(bool) if "data.online" in runs else False
+        return runs[online] if self.online else runs[~online]
+
+
+def grid_views(runs: pd.DataFrame) -> list[GridView]:
+    """The views of the risk over the grid that the finished runs have: each of its axes swept."""
+    need = {"status", "data.online"}
+    if not need <= set(runs.columns):
+        return []
+    done = runs[runs["status"] == "FINISHED"]
+    views = []
+    for online, candidates in ((False, OFFLINE_VIEWS), (True, ONLINE_VIEWS)):
+        sub = GridView("", online, ()).runs(done)
+        for axes in candidates:
+            if all(a in sub and sub[a].nunique() > 1 for a in axes):
+                name = "risk_" + "_".join(a.split(".")[-1] for a in axes) + ("_online" if online else "")
+                views.append(GridView(name, online, axes))
+                if online:
+                    break  # L x m, else L alone
+    return views
+
+
+def risk_tables(
+    runs: pd.DataFrame, y: str, axes: Sequence[str] | None = None
+) -> list[tuple[str, pd.DataFrame]]:
     """The median final y over the grid, one table per group of runs (task, control, other fixed axes):
-    rows and columns are the two most varied of L, N, m, w_var; diverged runs (their risk is not a number)
-    are left out of the medians and counted in the title."""
+    rows and columns are `axes` (by default the two most varied of L, N, m, w_var); diverged runs (their risk
+    is not a number) are left out of the medians and counted in the title."""
     done = runs[runs["status"] == "FINISHED"] if "status" in runs else runs
     if y not in done or done.empty:
         return []
-    axes = sorted(
-        (k for k in ("data.N", "data.L", "model.m", "model.w_var") if k in done and done[k].nunique() > 1),
-        key=lambda k: -done[k].nunique(),
-    )[:2]
+    if axes is None:
+        axes = sorted(
+            (
+                k
+                for k in ("data.N", "data.L", "model.m", "model.w_var")
+                if k in done and done[k].nunique() > 1
+            ),
+            key=lambda k: -done[k].nunique(),
+        )[:2]
+    axes = list(axes)
     if not axes:
         return []
     tables = []
@@ -485,9 +605,10 @@ def _scaling_claim(
     verdict, evidence, tables = main_verdict(main, what)
     lines, names = [], []
     for j, ((label, _), g) in enumerate(zip(groups, fitted, strict=True)):
-        if g.thr is not None:
+        if g.thr is not None and out is not None:
             name = f"{cid.lower()}_scaling" + ("" if j == i else f"_{j}")
-            fig = plots.threshold_scaling(g.thr, g.table, x="data.L", what=what)
+            title = f"{label or 'main task'}: {crit}"
+            fig = plots.threshold_scaling(g.thr, g.table, x="data.L", what=what, title=title)
             figures[name] = plots.save(fig, out, name)
             names.append(name)
         if j == i:
@@ -568,9 +689,15 @@ def claim_c3(runs, hist, y, level, n_boot, figures, out, min_span: float = DEFAU
     ]
     h = hist[(hist["metric"] == y) & (hist["step"] > 0)].merge(online[keep], on="run_id")
     h = h.rename(columns={"value": y})
-    return _scaling_claim(
+    claim = _scaling_claim(
         "C3", _groups(h, keep=("data.L", "data.N")), "step", y, level, n_boot, min_span, figures, out, "T*"
     )
+    if out is not None and not h.empty:
+        hue = next((k for k in ("model.m", "data.task") if k in h and h[k].nunique() > 1), None)
+        title = f"{y} during training, online runs: median over runs, quartile band"
+        figures["c3_curves"] = plots.save(plots.history(h, y, level, hue=hue, title=title), out, "c3_curves")
+        claim.figures.append("c3_curves")
+    return claim
 
 
 def mechanism_slopes(runs: pd.DataFrame) -> pd.DataFrame:
@@ -620,7 +747,9 @@ def claim_c4(runs, figures, out) -> Claim:
         return Claim(
             "C4", text, "insufficient data", "too few runs per m for a slope with a CI", [("slopes", s)]
         )
-    figures["c4_mechanism"] = plots.save(plots.mechanism(runs, s), out, "c4_mechanism")
+    if out is not None:
+        fig = plots.mechanism(runs, s, near=NEAR_INIT, cells=other_axes(runs, ("model.m",)))
+        figures["c4_mechanism"] = plots.save(fig, out, "c4_mechanism")
     by = s.set_index("metric")
     bounded = by.loc["w/move_fro", "ci_hi"] <= 0.1  # no growth beyond a 0.1 power of m
     falling = by.loc["act/flip_frac", "ci_hi"] < 0 and by.loc["lin/rel_err", "ci_hi"] < 0
@@ -636,7 +765,12 @@ def claim_c4(runs, figures, out) -> Claim:
         or by.loc["lin/rel_err", "ci_lo"] > 0
     )
     verdict = "supported" if bounded and falling else "not supported" if grows else "inconclusive"
-    return Claim("C4", text, verdict, ev, [("slopes", s)], ["c4_mechanism"])
+    crit = (
+        "supported = the 95% CI of the slope on log m lies below 0.1 for w/move_fro and below 0 for "
+        "act/flip_frac and lin/rel_err (final values, diverged runs left out)"
+    )
+    figs = ["c4_mechanism"] if out is not None else []
+    return Claim("C4", text, verdict, ev, [("slopes", s)], figs, criterion=crit)
 
 
 def claim_c5(runs) -> Claim:
@@ -754,36 +888,56 @@ def claim_c6(runs, n_boot: int = 2000) -> Claim:
     )
 
 
+def other_axes(runs: pd.DataFrame, keep: Sequence[str]) -> list[str]:
+    """The swept axes outside `keep`: a figure's panels."""
+    return [k for k in AXES if k not in keep and k in runs and runs[k].map(str).nunique() > 1]
+
+
+def draw_grid(runs: pd.DataFrame, view: GridView, y: str, level: float):
+    """The heatmap of one grid view: one panel per value of the other swept axes."""
+    sub = view.runs(runs[runs["status"] == "FINISHED"])
+    rows, cols = (view.axes[0], view.axes[1]) if len(view.axes) > 1 else (None, view.axes[0])
+    title = f"{view.title(y)}: blue at or below the level {level:g}, red above"
+    return plots.heatmap(
+        sub, y, rows=rows, cols=cols, panel=other_axes(sub, view.axes), level=level, title=title
+    )
+
+
 def build(
     sweep: str,
     tracking_uri: str | None,
-    out: Path,
+    out: Path | None,
     y: str = DEFAULT_METRIC,
     level: float = DEFAULT_LEVEL,
     n_boot: int = 2000,
     min_span: float = DEFAULT_MIN_SPAN,
 ) -> Report:
-    """Load the sweep from MLflow and evaluate the claims its grid targets; figures go to out/figures.
-    Raises UnknownMetric when no run logged y."""
+    """Load the sweep from MLflow and evaluate the claims its grid targets; figures go to out/figures (none
+    are drawn when out is None). Raises UnknownMetric when no run logged y."""
     runs = load_runs(sweep, tracking_uri)
+    prov = read_provenance(sweep, tracking_uri, runs)
     done = runs[runs["status"] == "FINISHED"]
     figs: dict[str, list[Path]] = {}
-    fig_dir = out / "figures"
+    fig_dir = None if out is None else out / "figures"
     if done.empty:
         claims = [Claim(c, TEXTS[c], "insufficient data", "no FINISHED runs") for c in CLAIMS]
-        return Report(sweep, runs, grid_table(runs), claims, figs, y, level)
+        return Report(sweep, runs, grid_table(runs), claims, figs, y, level, prov)
     check_metric(runs, y)
     need = targets(done)
-    offline = done[~done["data.online"]]
-    main = offline[(classify(offline) == "main") & (offline["model.m"] == offline["model.m"].max())]
-    if len(_varying(main, "data.L")) and len(_varying(main, "data.N")) > 1:
-        figs["learning_curves"] = plots.save(
-            plots.learning_curves(main, y=y, level=level), fig_dir, "learning_curves"
-        )
-    if len(_varying(done, "model.m")) > 1 and len(_varying(done, "data.N")) > 1:
-        for v in ("test/risk", "gen/gap"):
-            name = "heatmap_" + v.replace("/", "_")
-            figs[name] = plots.save(plots.heatmap(done, v), fig_dir, name)
+    if fig_dir is not None:
+        for view in grid_views(done):
+            figs[view.name] = plots.save(draw_grid(done, view, y, level), fig_dir, view.name)
+        offline = done[~done["data.online"]]
+        main = offline[(classify(offline) == "main") & (offline["model.m"] == offline["model.m"].max())]
+        if len(_varying(main, "data.L")) and len(_varying(main, "data.N")) > 1:
+            hue = "data.task" if main["data.task"].nunique() > 1 else None
+            title = f"{y} against N at m = {main['model.m'].iloc[0]}, main task: mean over seeds, 95% CI"
+            fig = plots.learning_curves(main, y=y, level=level, hue=hue, title=title)
+            figs["learning_curves"] = plots.save(fig, fig_dir, "learning_curves")
+        if len(_varying(offline, "model.m")) > 1 and len(_varying(offline, "data.N")) > 1:
+            panel = other_axes(offline, ("model.m", "data.N"))
+            fig = plots.heatmap(offline, "gen/gap", panel=panel, title="median gen/gap (test - train risk)")
+            figs["heatmap_gen_gap"] = plots.save(fig, fig_dir, "heatmap_gen_gap")
     online = done[done["data.online"]]
     make = {  # only the claims the grid targets are evaluated (C3 loads histories)
         "C1": lambda: claim_c1(done, y, level, n_boot, figs, fig_dir, min_span),
@@ -799,17 +953,148 @@ def build(
         make[c]() if not need[c] else Claim(c, TEXTS[c], "not targeted", need[c], targeted=False)
         for c in CLAIMS
     ]
-    return Report(sweep, runs, grid_table(runs), claims, figs, y, level)
+    return Report(sweep, runs, grid_table(runs), claims, figs, y, level, prov)
 
 
-def _table_md(df: pd.DataFrame) -> str:
+def _table_md(df: pd.DataFrame, at_most: float | None = None) -> str:
+    """A Markdown table; with at_most, numbers at or below it (past the first column) in bold."""
     if df.empty:
         return "(empty)\n"
     cols = list(df.columns)
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float | np.floating) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+
+    def fmt(j: int, v) -> str:
+        if not isinstance(v, float | np.floating):
+            return str(v)
+        text = f"{v:.4g}"
+        return f"**{text}**" if at_most is not None and j > 0 and v <= at_most else text
+
+    right = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in cols]
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "".join("---:|" if r else "---|" for r in right)]
+    lines += [
+        "| " + " | ".join(fmt(j, v) for j, v in enumerate(row)) + " |" for row in df.itertuples(index=False)
+    ]
     return "\n".join(lines) + "\n"
+
+
+def metric_words(y: str) -> str:
+    """e.g. "tail-averaged baseline-relative excess risk (test/rel_risk_tail)"."""
+    return f"{METRIC_WORDS[y]} ({y})" if y in METRIC_WORDS else y
+
+
+def level_words(y: str, level: float) -> str:
+    """What the level means on the metric's scale."""
+    if is_relative(y):
+        where = "halfway" if level == 0.5 else f"{1 - level:.0%} of the way"
+        return (
+            f"the level {level:g} lies {where} from the best constant predictor (1: nothing learned from the "
+            "tokens) down to OPT (0: the teacher's own risk)"
+        )
+    return f"the level {level:g} is absolute, in the units of {y}"
+
+
+def caption(name: str, r: Report) -> str:
+    """What a figure of the report shows, in words."""
+    words, level = metric_words(r.metric), f"the level {r.level:g}"
+    if name.startswith("risk_"):
+        return (
+            f"the median final {words} of each cell over its seeds, one panel per value of the other swept "
+            f"axes; blue, framed and in bold at or below {level}, red above it; diverged runs left out."
+        )
+    if name == "learning_curves":
+        return (
+            f"Final {words} against N, one panel per L, each with its own y axis: the mean over seeds with "
+            f"its 95% CI, each seed in grey, {level} dashed."
+        )
+    if name.startswith(("c1_scaling", "c3_scaling")):
+        what = "N*" if name.startswith("c1") else "T*"
+        return (
+            f"{what} per seed against L (dots with their brackets; triangles: censored), the median per L "
+            "with a 95% bootstrap CI over seeds (black; a bar to the top of the axes: open above, as some "
+            "seeds never crossed) and the fitted laws with their dAICc. Left log-log, where a power law is "
+            "straight; right log-linear, where an exponential is straight."
+        )
+    if name == "c3_curves":
+        return f"{words} against the SGD step, per L: the median over the online runs, quartiles shaded."
+    if name == "c4_mechanism":
+        return (
+            "The proof's quantities at the end of training against m (log-log): geometric means over the "
+            "runs of the cells run at every m, with 95% CIs; the slope fitted within cells of the other axes "
+            "(solid) against the predicted one (dotted), both through the centre of the points; dashed: "
+            "where a run stops counting as near its init."
+        )
+    if name == "heatmap_gen_gap":
+        return (
+            "Median generalization gap (test risk - train risk) over m x N, one panel per value of the other "
+            "swept axes; diverged runs left out."
+        )
+    return ""
+
+
+def _figure_md(name: str, r: Report, figures: str | None) -> list[str]:
+    if figures is None or name not in r.figures:
+        return []
+    text = caption(name, r)
+    return [f"![{name}]({figures}/{name}.png)\n", f"Figure: {text[:1].upper()}{text[1:]}\n"]
+
+
+def _run_link(r: Report, run_id: str) -> str:
+    p = r.provenance
+    if p is None or p.experiment_id is None:
+        return f"`{run_id}`"
+    return f"[`{run_id[:8]}`]({p.run_url(run_id)})"
+
+
+def provenance_md(r: Report) -> str:
+    """The provenance as a Markdown list: when, by what command and code, from which store, experiment and
+    parent run (linked into the MLflow UI), and what serves the links."""
+    p = r.provenance
+    if p is None:
+        return ""
+    statuses = (
+        ", ".join(f"{k} {n}" for k, n in r.runs["status"].value_counts().items())
+        if "status" in r.runs
+        else ""
+    )
+    by = f" by `{p.command}`" if p.command else ""
+    exp = (
+        f"experiment `{r.sweep}`"
+        if p.experiment_id is None
+        else (f"experiment [`{r.sweep}` (id {p.experiment_id})]({p.experiment_url()})")
+    )
+    lines = [
+        f"- Written {p.written}{by}, code at commit `{p.code_sha}`.",
+        f"- Runs: {len(r.runs)} grid points of sweep `{r.sweep}` ({statuses}), trained at commit "
+        f"{', '.join(f'`{v}`' for v in p.run_shas) or 'unknown'}.",
+        f"- Tracking store `{p.tracking_uri}`, {exp}.",
+    ]
+    if p.parent_run_id:
+        wall = (
+            ""
+            if p.wall_minutes is None
+            else (
+                f", {p.wall_minutes:.1f} minutes of wall time (Ray start and MLflow included; a resumed "
+                "sweep adds its pauses)"
+            )
+        )
+        lines.append(f"- Parent run [`{p.parent_run_id}`]({p.run_url(p.parent_run_id)}){wall}.")
+    cmd = p.ui_command()
+    lines.append(
+        f"- Links open in the MLflow UI once `{cmd}` serves the store ({p.ui_base()})."
+        if cmd
+        else f"- Links open in the MLflow UI of the tracking server ({p.ui_base()})."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def runs_md(r: Report, rows: pd.DataFrame) -> str:
+    """One line per run: the swept axes, seeds, status, outcome, the metric, and a link to the run."""
+    if rows.empty:
+        return "(none)\n"
+    cols = [k for k in AXES if k in r.runs and r.runs[k].map(str).nunique() > 1]
+    cols += [k for k in ("seed.teacher", "seed.run", "status", "outcome", r.metric) if k in rows]
+    t = rows[cols].copy()
+    t["run"] = [_run_link(r, v) for v in rows["run_id"]] if "run_id" in rows else ""
+    return _table_md(t)
 
 
 def scale_and_caveats(runs: pd.DataFrame) -> list[str]:
@@ -848,16 +1133,24 @@ def scale_and_caveats(runs: pd.DataFrame) -> list[str]:
     return lines
 
 
-def to_markdown(r: Report, figures: str = "figures", preface: Sequence[str] = ()) -> str:
-    """The claims the sweep targets first, each verdict with the threshold it read; the others in one line.
-    figures: the folder of the figures, relative to the Markdown; preface: paragraphs after the title."""
+def to_markdown(
+    r: Report, figures: str | None = "figures", preface: Sequence[str] = (), runs_list: bool = False
+) -> str:
+    """The provenance, the metric and level in words, then the claims the sweep targets, each verdict with the
+    threshold it read (the others in one line), the grid and its risk, the figures with their captions.
+    figures: the folder of the figures, relative to the Markdown (None: no figures, e.g. on a terminal);
+    preface: paragraphs after the title; runs_list: every run with its link (diverged runs are always
+    listed apart)."""
     statuses = ", ".join(f"{k} {n}" for k, n in r.runs["status"].value_counts().items())
     targeted = [c for c in r.claims if c.targeted]
     others = [c for c in r.claims if not c.targeted]
+    prov = provenance_md(r)
     parts = [
         f"# rnnsgd report: sweep `{r.sweep}`\n",
         *(f"{p}\n" for p in preface),
-        f"{len(r.runs)} grid points ({statuses}).\n",
+        *(["## Provenance\n", prov] if prov else [f"{len(r.runs)} grid points ({statuses}).\n"]),
+        "## What the verdicts read\n",
+        f"The metric is the {metric_words(r.metric)}; {level_words(r.metric, r.level)}.\n",
         f"Thresholds: {criterion('N*', r.metric, r.level)}; {criterion('T*', r.metric, r.level)}.\n",
         f"{RELATIVE_CAVEAT}\n" if is_relative(r.metric) else "",
         "## Verdicts\n",
@@ -870,17 +1163,31 @@ def to_markdown(r: Report, figures: str = "figures", preface: Sequence[str] = ()
         "## Grid\n",
         _table_md(r.grid),
     ]
-    for title, t in risk_tables(r.runs, r.metric):
-        parts += [f"**{title}**\n", _table_md(t)]
+    views = grid_views(r.runs)
+    if views:
+        parts += [
+            "## Risk over the grid\n",
+            f"The median final {metric_words(r.metric)} over the seeds of each grid point; values at or "
+            f"below the level {r.level:g} in bold. Diverged runs are left out of the medians (see Runs).\n",
+        ]
+    for view in views:
+        parts += [f"### {view.title(r.metric)}\n", *_figure_md(view.name, r, figures)]
+        for title, t in risk_tables(view.runs(r.runs), r.metric, view.axes):
+            parts += [f"**{title}**\n", _table_md(t, at_most=r.level)]
+    if not views:  # a grid of another shape: its two most varied axes
+        for title, t in risk_tables(r.runs, r.metric):
+            parts += [f"**{title}**\n", _table_md(t, at_most=r.level)]
+    if "heatmap_gen_gap" in r.figures and figures is not None:
+        parts += ["### Generalization gap over m x N\n", *_figure_md("heatmap_gen_gap", r, figures)]
+    if "learning_curves" in r.figures and figures is not None:
+        parts += ["## Learning curves\n", *_figure_md("learning_curves", r, figures)]
     for c in targeted:
         parts += [f"## {c.id}: {c.verdict}\n", f"{c.text}\n" if c.text else ""]
         parts += [f"Read as: {c.criterion}.\n" if c.criterion else "", f"{c.evidence}\n"]
         for title, t in c.tables:
             parts += [f"**{title}**\n", _table_md(t)]
-        parts += [f"![{f}]({figures}/{f}.png)\n" for f in c.figures]
-    if "learning_curves" in r.figures:
-        parts += ["## Learning curves\n", f"![learning curves]({figures}/learning_curves.png)\n"]
-    parts += [f"![{n}]({figures}/{n}.png)\n" for n in r.figures if n.startswith("heatmap")]
+        for f in c.figures:
+            parts += _figure_md(f, r, figures)
     noise = estimator_noise(r.runs) if {"status", "outcome", "data.N"} <= set(r.runs.columns) else None
     if noise is not None and len(noise) == 2:
         parts += [
@@ -892,56 +1199,62 @@ def to_markdown(r: Report, figures: str = "figures", preface: Sequence[str] = ()
     caveats = scale_and_caveats(r.runs)
     if caveats:
         parts += ["## Scale and caveats\n", "\n".join(caveats) + "\n"]
+    diverged = r.runs[r.runs["outcome"] == "diverged"] if "outcome" in r.runs else r.runs.iloc[:0]
+    if len(diverged) or runs_list:
+        parts += ["## Runs\n"]
+    if len(diverged):
+        parts += [
+            f"### Diverged runs ({len(diverged)}: left out of every median and figure)\n",
+            runs_md(r, diverged),
+        ]
+    if runs_list:
+        parts += [f"### All {len(r.runs)} runs\n", runs_md(r, r.runs)]
     return "\n".join(parts)
 
 
-def to_html(markdown: str, out: Path) -> str:
-    """A self-contained page: the Markdown's tables and headings, figures inlined as data URIs."""
-    body, table = [], []
+# "N*", "T*(L)": an asterisk right after a letter or a bracket is the threshold's name, never emphasis
+_STAR = re.compile(r"(?<=[A-Za-z0-9)\]])\*(?!\*)")
+_IMG = re.compile(r'<img alt="([^"]*)" src="([^":]+)"\s*/?>')  # a relative src: a figure's file
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222;
+       line-height: 1.45; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
+table { border-collapse: collapse; font-size: 12px; margin: .5em 0 1.2em; }
+td, th { border: 1px solid #ccc; padding: 2px 6px; }
+th { background: #f3f3f3; }
+tr:nth-child(even) td { background: #fafafa; }
+img { max-width: 100%; border: 1px solid #eee; }
+code { background: #f3f3f3; padding: 0 .2em; font-size: 90%; }
+"""
 
-    def flush() -> None:
-        if table:
-            rows = [
-                [html.escape(c.strip()) for c in line.strip("|").split("|")]
-                for line in table
-                if "---|" not in line
-            ]
-            head = "".join(f"<th>{c}</th>" for c in rows[0])
-            rest = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows[1:])
-            body.append(f"<table><tr>{head}</tr>{rest}</table>")
-            table.clear()
 
-    for line in markdown.splitlines():
-        if line.startswith("|"):
-            table.append(line)
-            continue
-        flush()
-        if line.startswith("!["):
-            path = out / line[line.index("(") + 1 : line.rindex(")")]
-            data = base64.b64encode(path.read_bytes()).decode()
-            body.append(f'<img src="data:image/png;base64,{data}" style="max-width:100%">')
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
-        elif line.strip():
-            body.append(f"<p>{html.escape(line).replace('**', '')}</p>")
-    flush()
-    style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
-        "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}"
-    )
+def to_html(text: str, out: Path, title: str = "rnnsgd report") -> str:
+    """A self-contained page from the report's Markdown (the `markdown` package, its tables extension), with
+    raw HTML in the text escaped (an evidence line may hold "<lag>") and each figure inlined as a data URI
+    read from its file under out."""
+    md = markdown_lib.Markdown(extensions=["tables", "sane_lists"], output_format="html")
+    md.preprocessors.deregister("html_block")  # text from the runs is text, never markup
+    md.inlinePatterns.deregister("html")
+    body = md.convert(_STAR.sub(r"\\*", text))
+
+    def inline(m: re.Match) -> str:
+        data = base64.b64encode((out / html.unescape(m[2])).read_bytes()).decode()
+        return f'<img alt="{m[1]}" src="data:image/png;base64,{data}">'
+
+    body = _IMG.sub(inline, body)
     return (
-        f"<!doctype html><meta charset='utf-8'><title>rnnsgd report</title><style>{style}</style>"
-        + "".join(body)
+        f"<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n"
     )
 
 
 def write(r: Report, out: Path) -> tuple[Path, Path]:
+    """report.md (figures linked from out/figures) and report.html (self-contained), every run listed."""
     out.mkdir(parents=True, exist_ok=True)
-    md = to_markdown(r)
+    md = to_markdown(r, runs_list=True)
     md_path, html_path = out / "report.md", out / "report.html"
     md_path.write_text(md)
-    html_path.write_text(to_html(md, out))
+    html_path.write_text(to_html(md, out, f"rnnsgd report: {r.sweep}"))
     return md_path, html_path
 
 
