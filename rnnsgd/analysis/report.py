@@ -542,7 +542,7 @@ def control_verdict(main: GroupFit, control: GroupFit, grid: str = "N") -> tuple
     if control.thr is None:
         return "inconclusive", f"no thresholds: {control.error}", pd.DataFrame()
     if (control.thr["censor"] == "right").all():
-        return "as predicted", f"control not learned at any {grid}, as predicted", pd.DataFrame()
+        return "as predicted", f"control not learned at any {grid}", pd.DataFrame()
     if main.thr is None:
         return "inconclusive", "the main task has no thresholds to compare with", pd.DataFrame()
     m, c = _median_threshold(main.thr), _median_threshold(control.thr)
@@ -569,7 +569,7 @@ def control_verdict(main: GroupFit, control: GroupFit, grid: str = "N") -> tuple
     elif km and kc and kc[2] < km[1]:
         verdict, line = "NOT as predicted", f"control's threshold grows slower than the main task's{slopes}"
     elif alike:
-        verdict, line = "NOT as predicted", f"control learned like the main task: NOT as predicted{slopes}"
+        verdict, line = "NOT as predicted", f"control learned like the main task{slopes}"
     else:
         verdict, line = (
             "inconclusive",
