@@ -250,13 +250,20 @@ def threshold_scaling(
 
 def _panels(runs: pd.DataFrame, panel: str | Sequence[str] | None) -> list[tuple[str, pd.DataFrame]]:
     keys = [panel] if isinstance(panel, str) else list(panel or [])
-    keys = [k for k in keys if k in runs]
+    return split_by(runs, [k for k in keys if k in runs], lambda k, v: f"{_short(k)} = {v}")
+
+
+def split_by(
+    runs: pd.DataFrame, keys: Sequence[str], label=lambda k, v: f"{k}={v}"
+) -> list[tuple[str, pd.DataFrame]]:
+    """(label, rows) per combination of the keys' values, in sorted order, the label joining label(key, value)
+    with commas; [("", runs)] without keys."""
     if not keys:
         return [("", runs)]
     out = []
-    for key, sub in runs.groupby(keys, sort=True):
+    for key, sub in runs.groupby(list(keys), sort=True):
         values = key if isinstance(key, tuple) else (key,)
-        out.append((", ".join(f"{_short(k)} = {v}" for k, v in zip(keys, values, strict=True)), sub))
+        out.append((", ".join(label(k, v) for k, v in zip(keys, values, strict=True)), sub))
     return out
 
 

@@ -378,14 +378,7 @@ def classify(runs: pd.DataFrame) -> pd.Series:
 
 def _groups(runs: pd.DataFrame, keep: tuple[str, ...]) -> list[tuple[str, pd.DataFrame]]:
     """Split runs by every swept axis outside `keep` (thresholds are per curve, one value per other axis)."""
-    others = [k for k in AXES if k not in keep and k in runs and runs[k].nunique() > 1]
-    if not others:
-        return [("", runs)]
-    out = []
-    for key, sub in runs.groupby(others, sort=True):
-        values = key if isinstance(key, tuple) else (key,)
-        out.append((", ".join(f"{k}={v}" for k, v in zip(others, values, strict=True)), sub))
-    return out
+    return plots.split_by(runs, [k for k in AXES if k not in keep and k in runs and runs[k].nunique() > 1])
 
 
 @dataclass
