@@ -27,7 +27,6 @@ from pathlib import Path
 
 PAGE_TIMEOUT_MS = 90_000  # the UI's first load on a busy machine
 VIEWPORT = {"width": 1600, "height": 1000}
-SWEEP_VIEW = "workflowType=machine_learning&viewStateShareKey=sweep"  # as rnnsgd.sweep.tracking writes it
 HEADLINE_SECTION = "Headline metrics"
 
 
@@ -94,6 +93,8 @@ def _wait_for_texts(page, texts: list[str], timeout_ms: int = PAGE_TIMEOUT_MS) -
 def check_mlflow(page, base: str, experiment: str, out: Path, checks: Checks) -> None:
     from mlflow import MlflowClient
 
+    from rnnsgd.sweep.tracking import TRAINING_PAGES, experiment_url  # the page the sweep tells users to open
+
     client = MlflowClient(tracking_uri=base)  # the UI's server is a tracking server too
     exp = client.get_experiment_by_name(experiment)
     checks.expect(exp is not None, f"MLflow at {base}: experiment {experiment!r} exists")
@@ -106,7 +107,7 @@ def check_mlflow(page, base: str, experiment: str, out: Path, checks: Checks) ->
     checks.expect(bool(names), f"experiment {experiment!r}: has point runs ({len(names)})")
     root = f"{base.rstrip('/')}/#/experiments/{exp.experiment_id}"
 
-    page.goto(f"{root}/runs?{SWEEP_VIEW}", wait_until="load")
+    page.goto(experiment_url(base, exp.experiment_id), wait_until="load")
     listed = _wait_for_texts(page, ["Model training", *names])
     _close_assistant(page)
     page.wait_for_timeout(500)
@@ -118,7 +119,7 @@ def check_mlflow(page, base: str, experiment: str, out: Path, checks: Checks) ->
     genai = "Observability" in text or "Model registry" not in text  # the side bar of GenAI pages
     checks.expect(not genai, "runs page opens as model training, not GenAI")
 
-    page.goto(f"{root}/runs?{SWEEP_VIEW}&compareRunsMode=CHART", wait_until="load")
+    page.goto(experiment_url(base, exp.experiment_id) + "&compareRunsMode=CHART", wait_until="load")
     charted = _wait_for_texts(page, [HEADLINE_SECTION, "test/rel_risk_tail", "Step"])
     _close_assistant(page)
     page.wait_for_timeout(1500)  # the charts draw after their data arrives
@@ -127,9 +128,7 @@ def check_mlflow(page, base: str, experiment: str, out: Path, checks: Checks) ->
 
     if points:
         run = points[0]
-        page.goto(
-            f"{root}/runs/{run.info.run_id}/model-metrics?workflowType=machine_learning", wait_until="load"
-        )
+        page.goto(f"{root}/runs/{run.info.run_id}/model-metrics?{TRAINING_PAGES}", wait_until="load")
         drawn = _wait_for_texts(page, ["Model metrics", "Step"])
         _close_assistant(page)
         # the run page orders its sections by name (act/, gen/, h/, ...): search for the test metrics
@@ -140,7 +139,7 @@ def check_mlflow(page, base: str, experiment: str, out: Path, checks: Checks) ->
         checks.expect(drawn, f"run {run.info.run_name!r}: its page draws metric charts")
     if parents:
         parent = parents[0]
-        page.goto(f"{root}/runs/{parent.info.run_id}?workflowType=machine_learning", wait_until="load")
+        page.goto(f"{root}/runs/{parent.info.run_id}?{TRAINING_PAGES}", wait_until="load")
         note = parent.data.tags.get("mlflow.note.content", "")
         described = _wait_for_texts(page, ["Parameters", *([note[:60]] if note else [])])
         _close_assistant(page)

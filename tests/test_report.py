@@ -97,8 +97,9 @@ def test_report_states_every_claim_with_evidence_and_logs_it_on_the_parent(swept
     ui = f"http://127.0.0.1:5000/#/experiments/{exp}"
     assert f"by <code>rnnsgd report {swept['file']} --metric test/nrisk" in page and git_sha() in page
     assert f"<code>{swept['uri']}</code>" in page and f"mlflow ui --backend-store-uri {swept['uri']}" in page
-    assert f'<a href="{ui}/runs/{parent_id}"><code>{parent_id}</code></a>' in page
-    assert all(f'href="{ui}/runs/{run_id}"' in page for run_id in runs["run_id"])  # every run, linked
+    q = "?workflowType=machine_learning"  # model-training pages, not GenAI's
+    assert f'<a href="{ui}/runs/{parent_id}{q}"><code>{parent_id}</code></a>' in page
+    assert all(f'href="{ui}/runs/{run_id}{q}"' in page for run_id in runs["run_id"])  # every run, linked
     logged = {a.path for a in client(swept["uri"]).list_artifacts(parent_id, "report")}
     assert {"report/report.html", "report/report.md", "report/figures"} <= logged
 

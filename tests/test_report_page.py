@@ -55,9 +55,10 @@ def test_the_page_has_provenance_links_the_grid_at_the_level_and_its_figures_inl
 
     ui = "http://127.0.0.1:5000/#/experiments/7"
     assert "2026-01-02 03:04 UTC" in page and "<code>abc123</code>" in page and "<code>def456</code>" in page
-    assert f'<a href="{ui}/runs/parent0"><code>parent0</code></a>' in page and "3.5 minutes" in page
+    q = "?workflowType=machine_learning"  # model-training pages, not GenAI's
+    assert f'<a href="{ui}/runs/parent0{q}"><code>parent0</code></a>' in page and "3.5 minutes" in page
     assert "mlflow ui --backend-store-uri sqlite:////data/mlflow.db --port 5000" in page
-    assert all(f'href="{ui}/runs/{r}"' in page for r in runs["run_id"])  # every run has its link
+    assert all(f'href="{ui}/runs/{r}{q}"' in page for r in runs["run_id"])  # every run has its link
     # the diverged run is left out of the medians and listed apart, with its link
     assert "(1 diverged runs left out)" in md and "### Diverged runs (1:" in md
     assert "7.5e+10" not in md.split("## Runs")[0]
@@ -81,7 +82,10 @@ def test_the_page_has_provenance_links_the_grid_at_the_level_and_its_figures_inl
 
 def test_links_go_to_the_tracking_server_itself_when_there_is_one():
     p = provenance("https://mlflow.example.org/")
-    assert p.run_url("abc") == "https://mlflow.example.org/#/experiments/7/runs/abc"
+    assert (
+        p.run_url("abc")
+        == "https://mlflow.example.org/#/experiments/7/runs/abc?workflowType=machine_learning"
+    )
     assert p.ui_command() == ""
     rep = report.Report("s", grid_runs(), pd.DataFrame(), [], {}, Y, 0.5, p)
     assert "the MLflow UI of the tracking server (https://mlflow.example.org)" in report.provenance_md(rep)

@@ -66,9 +66,7 @@ def test_a_fully_censored_control_reads_not_learned_as_predicted(tmp_path):
     runs = pd.concat([e1_runs(), never(**{"data.task": "parity"})], ignore_index=True)
     claim = c1(runs, tmp_path)
     assert claim.verdict == "polynomial", claim.evidence  # the main task's, a power law
-    assert "Control data.task=parity: as predicted: control not learned at any N." in (
-        claim.evidence
-    )
+    assert "Control data.task=parity: as predicted: control not learned at any N." in (claim.evidence)
     main = report.fit_group(e1_runs(), "data.N", Y, DEFAULT_LEVEL, 0, 16.0)
     parity = report.fit_group(never(**{"data.task": "parity"}), "data.N", Y, DEFAULT_LEVEL, 0, 16.0)
     verdict, line, table = report.control_verdict(main, parity)

@@ -34,6 +34,8 @@ import markdown as markdown_lib
 import numpy as np
 import pandas as pd
 
+from rnnsgd.sweep.tracking import TRAINING_PAGES, experiment_url
+
 from . import plots
 from .bootstrap import percentile_ci
 from .fits import DEFAULT_MIN_SPAN, select_scaling_law, tost_flat_slope
@@ -155,10 +157,12 @@ class Provenance:
         return f"mlflow ui --backend-store-uri {self.tracking_uri} --port {UI_PORT}"
 
     def run_url(self, run_id: str) -> str:
-        return f"{self.ui_base()}/#/experiments/{quote(str(self.experiment_id))}/runs/{quote(run_id)}"
+        """A run's page, as model training (MLflow 3.17's UI opens GenAI pages unless the address says so)."""
+        experiment = quote(str(self.experiment_id))
+        return f"{self.ui_base()}/#/experiments/{experiment}/runs/{quote(run_id)}?{TRAINING_PAGES}"
 
     def experiment_url(self) -> str:
-        return f"{self.ui_base()}/#/experiments/{quote(str(self.experiment_id))}"
+        return experiment_url(self.ui_base(), quote(str(self.experiment_id)))
 
 
 def read_provenance(sweep: str, tracking_uri: str | None, runs: pd.DataFrame) -> Provenance:

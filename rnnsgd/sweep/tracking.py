@@ -53,6 +53,7 @@ KIND = "mlflow.experimentKind"  # the experiment type the UI's selector writes
 TRAINING = "custom_model_development"  # the UI's "Machine learning" kind (not "genai_development")
 SWEEP_FILE = "sweep.yaml"  # the parent's artifact: the sweep file as written (sweep.json: as resolved)
 CHANGED = "rnnsgd.changed_params"  # on the parent: params a later run of the sweep would have changed
+TRAINING_PAGES = "workflowType=machine_learning"  # the UI's query for its model-training pages, not GenAI's
 VIEW_ID = "sweep"  # the saved view's id: the URL's viewStateShareKey, and the tag's suffix
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_ID}"  # where the UI keeps a saved view of the runs page
 # the metrics a point is read by (docs/metrics.md), first in the saved view's columns and charts, with the
@@ -413,8 +414,9 @@ def parent_params(sweep: Sweep) -> dict[str, str]:
 def experiment_url(base: str, experiment_id: str) -> str:
     """The experiment's runs page in the MLflow UI served at `base`: as model training (the UI opens GenAI
     pages unless the address or the sidebar's switch says otherwise) and in the sweep's saved view."""
-    query = f"workflowType=machine_learning&viewStateShareKey={VIEW_ID}"
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
+    return (
+        f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{TRAINING_PAGES}&viewStateShareKey={VIEW_ID}"
+    )
 
 
 def sweep_view(sweep: Sweep) -> str:
