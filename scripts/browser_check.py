@@ -90,6 +90,15 @@ def _wait_for_texts(page, texts: list[str], timeout_ms: int = PAGE_TIMEOUT_MS) -
         return False
 
 
+def _open(page, url: str, texts: list[str]) -> bool:
+    """Go to a page of the MLflow UI and wait until it shows every one of texts (False if it does not in
+    time), its assistant's pop-up closed so that screenshots show the page."""
+    page.goto(url, wait_until="load")
+    shown = _wait_for_texts(page, texts)
+    _close_assistant(page)
+    return shown
+
+
 def check_mlflow(page, base: str, experiment: str, out: Path, checks: Checks) -> None:
     from mlflow import MlflowClient
 
@@ -107,9 +116,7 @@ def check_mlflow(page, base: str, experiment: str, out: Path, checks: Checks) ->
     checks.expect(bool(names), f"experiment {experiment!r}: has point runs ({len(names)})")
     root = f"{base.rstrip('/')}/#/experiments/{exp.experiment_id}"
 
-    page.goto(experiment_url(base, exp.experiment_id), wait_until="load")
-    listed = _wait_for_texts(page, ["Model training", *names])
-    _close_assistant(page)
+    listed = _open(page, experiment_url(base, exp.experiment_id), ["Model training", *names])
     page.wait_for_timeout(500)
     page.screenshot(path=out / "mlflow_runs.png")
     text = page.inner_text("body")
@@ -119,18 +126,17 @@ def check_mlflow(page, base: str, experiment: str, out: Path, checks: Checks) ->
     genai = "Observability" in text or "Model registry" not in text  # the side bar of GenAI pages
     checks.expect(not genai, "runs page opens as model training, not GenAI")
 
-    page.goto(experiment_url(base, exp.experiment_id) + "&compareRunsMode=CHART", wait_until="load")
-    charted = _wait_for_texts(page, [HEADLINE_SECTION, "test/rel_risk_tail", "Step"])
-    _close_assistant(page)
+    chart_view = experiment_url(base, exp.experiment_id) + "&compareRunsMode=CHART"
+    charted = _open(page, chart_view, [HEADLINE_SECTION, "test/rel_risk_tail", "Step"])
     page.wait_for_timeout(1500)  # the charts draw after their data arrives
     page.screenshot(path=out / "mlflow_charts.png")
     checks.expect(charted, f"chart view shows the {HEADLINE_SECTION!r} section with its charts")
 
     if points:
         run = points[0]
-        page.goto(f"{root}/runs/{run.info.run_id}/model-metrics?{TRAINING_PAGES}", wait_until="load")
-        drawn = _wait_for_texts(page, ["Model metrics", "Step"])
-        _close_assistant(page)
+        drawn = _open(
+            page, f"{root}/runs/{run.info.run_id}/model-metrics?{TRAINING_PAGES}", ["Model metrics", "Step"]
+        )
         # the run page orders its sections by name (act/, gen/, h/, ...): search for the test metrics
         page.get_by_placeholder("Search metric charts").first.fill("test/")
         drawn = drawn and _wait_for_texts(page, ["rel_risk_tail", "nrisk"], 30_000)
@@ -139,10 +145,9 @@ def check_mlflow(page, base: str, experiment: str, out: Path, checks: Checks) ->
         checks.expect(drawn, f"run {run.info.run_name!r}: its page draws metric charts")
     if parents:
         parent = parents[0]
-        page.goto(f"{root}/runs/{parent.info.run_id}?{TRAINING_PAGES}", wait_until="load")
         note = parent.data.tags.get("mlflow.note.content", "")
-        described = _wait_for_texts(page, ["Parameters", *([note[:60]] if note else [])])
-        _close_assistant(page)
+        texts = ["Parameters", *([note[:60]] if note else [])]
+        described = _open(page, f"{root}/runs/{parent.info.run_id}?{TRAINING_PAGES}", texts)
         page.screenshot(path=out / "mlflow_parent.png", full_page=True)
         checks.expect(described, "parent run's page shows its description and parameters")
 
