@@ -46,11 +46,16 @@ def main() -> None:
             wall, final = run_once(threads, sets)
             walls[threads].append(wall)
             rate = final["perf/steps_per_s"]
-            print(f"  run {i + 1} threads={threads or 'default'}: wall {wall:7.1f} s, step {final['step']}, "
-                  f"outcome {final['outcome']}, last interval {rate:8.0f} steps/s", flush=True)  # fmt: skip
+            print(
+                f"  run {i + 1} threads={threads or 'default'}: wall {wall:7.1f} s, step {final['step']}, "
+                f"outcome {final['outcome']}, last interval {rate:8.0f} steps/s",
+                flush=True,
+            )
     one, default = statistics.median(walls[1]), statistics.median(walls[0])
-    print(f"median wall: 1 thread {one:.1f} s, torch's default {default:.1f} s ({default / one:.1f}x); "
-          f"load average now {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(
+        f"median wall: 1 thread {one:.1f} s, torch's default {default:.1f} s ({default / one:.1f}x); "
+        f"load average now {os.getloadavg()[0]:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -59,8 +59,15 @@ def matmul_gflops(device: torch.device, seconds: float = 1.0) -> float:
 
 
 def config(m: int, L: int, device: str, seed: int = 0) -> TrialConfig:
-    flat = {"model.m": m, "data.L": L, "data.N": 1024, "data.n_test": 16, "train.device": device,
-            "train.T": 100_000, "seed.run": seed}  # fmt: skip
+    flat = {
+        "model.m": m,
+        "data.L": L,
+        "data.N": 1024,
+        "data.n_test": 16,
+        "train.device": device,
+        "train.T": 100_000,
+        "seed.run": seed,
+    }
     return TrialConfig.from_flat(flat)
 
 
@@ -174,10 +181,12 @@ def main() -> None:
         for L in args.L:
             for row in bench(m, L, args.K, args, peak):
                 print(row, flush=True)
-    print("\nstep/s: per-model SGD steps per second (a pack: K x its steps per second), medians, by the wall "
-          "clock and (CPU) by this process's CPU time; xplain, xref: ratios of those medians; FLOP%: 6 L m^2 "
-          "per model-step at the wall-clock rate as a share of the matmul rate; steps/blk: model-steps per "
-          "timed block; equal: a pack of 4 against 4 plain runs after 20 steps")  # fmt: skip
+    print(
+        "\nstep/s: per-model SGD steps per second (a pack: K x its steps per second), medians, by the wall "
+        "clock and (CPU) by this process's CPU time; xplain, xref: ratios of those medians; FLOP%: 6 L m^2 "
+        "per model-step at the wall-clock rate as a share of the matmul rate; steps/blk: model-steps per "
+        "timed block; equal: a pack of 4 against 4 plain runs after 20 steps"
+    )
 
 
 if __name__ == "__main__":

@@ -122,9 +122,17 @@ def bench(m: int, L: int, repeats: int, seconds: float, peak: float) -> str:
         rates["ref"].append(run_ref(n))
     o, r = statistics.median(rates["ours"]), statistics.median(rates["ref"])
     flop = 6 * L * m**2  # one step: forward, backward through time, weight-gradient outer products
-    cells = [f"{m:>5}", f"{L:>3}", f"{o:>12.1f}", f"{r:>12.1f}", f"{o / r:>9.2f}",
-             f"{100 * o * flop / 1e9 / peak:>8.1f}%", f"{100 * r * flop / 1e9 / peak:>8.1f}%",
-             f"{mismatch:>9.1e}", f"  ({n} steps/block)"]  # fmt: skip
+    cells = [
+        f"{m:>5}",
+        f"{L:>3}",
+        f"{o:>12.1f}",
+        f"{r:>12.1f}",
+        f"{o / r:>9.2f}",
+        f"{100 * o * flop / 1e9 / peak:>8.1f}%",
+        f"{100 * r * flop / 1e9 / peak:>8.1f}%",
+        f"{mismatch:>9.1e}",
+        f"  ({n} steps/block)",
+    ]
     return " ".join(cells)
 
 
@@ -147,13 +155,17 @@ def main() -> None:
         torch.set_num_threads(threads)
         peak = matmul_gflops(threads)
         print(f"\n{threads} thread(s): float32 1024x1024 matmul {peak:.1f} GFLOP/s")
-        print(f"{'m':>5} {'L':>3} {'ours step/s':>12} {'ref step/s':>12} {'ours/ref':>9} {'ours FLOP':>9} "
-              f"{'ref FLOP':>9} {'mismatch':>9}")  # fmt: skip
+        print(
+            f"{'m':>5} {'L':>3} {'ours step/s':>12} {'ref step/s':>12} {'ours/ref':>9} {'ours FLOP':>9} "
+            f"{'ref FLOP':>9} {'mismatch':>9}"
+        )
         for size in args.sizes.split(","):
             m, L = (int(v) for v in size.lower().split("x"))
             print(bench(m, L, args.repeats, args.seconds, peak), flush=True)
-    print("\nFLOP: 6 L m^2 per step as a % of the matmul rate; mismatch: max |W_ours - W_ref| / "
-          "max |W_ref - W_0| after 3 identical steps (float32 rounding only)")  # fmt: skip
+    print(
+        "\nFLOP: 6 L m^2 per step as a % of the matmul rate; mismatch: max |W_ours - W_ref| / "
+        "max |W_ref - W_0| after 3 identical steps (float32 rounding only)"
+    )
 
 
 if __name__ == "__main__":

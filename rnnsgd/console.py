@@ -1,4 +1,4 @@
-"""What `rnnsgd train` shows while it trains (standard library only: no torch, no tqdm).
+"""What `rnnsgd train` shows while it trains (standard library and rnnsgd.metrics only: no torch, no tqdm).
 
 On a terminal, one line redrawn in place: step/T, elapsed, ETA, the current test risk. Anywhere else (a pipe,
 a log file), plain lines: one per evaluation with its metrics, and between evaluations, which thin out
@@ -13,8 +13,11 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from rnnsgd.metrics import REL_RISK_TAIL, STEP, TEST_RISK, TRAIN_RISK
+
 
 def duration(seconds: float) -> str:
+    """'4m05s', '2h03m'."""
     s = int(round(seconds))
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
@@ -26,13 +29,18 @@ def plural(n: int, word: str, many: str | None = None) -> str:
 
 class TrainProgress:
     # what a plain evaluation line shows (those the run has), and what the terminal line shows
-    KEYS = ("train/risk", "test/risk", "test/nrisk", "w/move_fro", "act/flip_frac")
-    LIVE_KEYS = ("test/risk", "test/rel_risk_tail")
+    KEYS = (TRAIN_RISK, TEST_RISK, "test/nrisk", "w/move_fro", "act/flip_frac")
+    LIVE_KEYS = (TEST_RISK, REL_RISK_TAIL)
 
     def __init__(
-        self, T: int, stream: TextIO, tty: bool | None = None, redraw_s: float = 0.25,
-        heartbeat_s: float = 30.0, keys: Sequence[str] = KEYS,
-    ) -> None:  # fmt: skip
+        self,
+        T: int,
+        stream: TextIO,
+        tty: bool | None = None,
+        redraw_s: float = 0.25,
+        heartbeat_s: float = 30.0,
+        keys: Sequence[str] = KEYS,
+    ) -> None:
         self.T, self.stream, self.keys = T, stream, keys
         self.tty = stream.isatty() if tty is None else tty
         self.redraw_s, self.heartbeat_s = redraw_s, heartbeat_s
@@ -86,7 +94,7 @@ class TrainProgress:
             self._draw() if self.tty else self._plain()
 
     def evaluation(self, metrics: dict[str, Any]) -> None:
-        self.step = int(metrics["step"])
+        self.step = int(metrics[STEP])
         self.live = {k: metrics[k] for k in self.LIVE_KEYS if k in metrics}
         if self.tty:
             self._draw()

@@ -48,7 +48,8 @@ def linearization_error(net: RNN, W_shift: torch.Tensor, x: torch.Tensor) -> flo
 
     The JVP is the tangent recurrence, written out: dh_0 = 0, dh_l = sigma'(u_l) (W dh_{l-1} + W' h_{l-1})
     at W' = 0, dF_l = B dh_l (sigma' = 1[u > 0] for ReLU, as autograd has it). By hand rather than
-    torch.func.jvp: that imports torch._dynamo, 1.5 s of every trial process's start, and costs 5x more.
+    torch.func.jvp: that imports torch._dynamo, which every trial process would pay for at its start, and it
+    costs more per call.
     """
     net64 = net.to(dtype=torch.float64)
     x64, shift64 = x.double(), W_shift.double()
@@ -66,12 +67,9 @@ def linearization_error(net: RNN, W_shift: torch.Tensor, x: torch.Tensor) -> flo
     return ((h1 - h0) @ net64.B.T - lin).norm().item() / denom if denom > 0 else 0.0
 
 
-KEYS = ("w/move_fro", "w/move_op", "w/rel_change", "w/spectral_radius", "w/spectral_norm", "act/flip_frac",
-        "h/drift", "lin/rel_err")  # fmt: skip
-
-
 def diagnostics(net: RNN, W_shift: torch.Tensor, x_probe: torch.Tensor) -> dict[str, float]:
-    """Every diagnostic metric at the current shift (the keys of KEYS; their meaning: docs/metrics.md)."""
+    """Every diagnostic metric at the current shift: the keys of rnnsgd.metrics.MECHANISM, in its order (their
+    meaning: docs/metrics.md)."""
     return {
         **weight_metrics(net, W_shift),
         **activation_metrics(net, W_shift, x_probe),

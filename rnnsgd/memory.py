@@ -1,5 +1,5 @@
-"""How much memory training takes, from configs alone: nothing is allocated, and torch is imported only to
-ask a GPU its size.
+"""How much memory training takes, from configs alone, and how much cache a CPU core has: nothing is
+allocated, and torch is imported only to ask a GPU its size.
 
 The trainer sizes its work by `block_steps` and `eval_chunk`; packs are sized by `pack_bytes` and `max_pack`
 (rnnsgd.packed, rnnsgd.sweep.packing); `rnnsgd train` and every point of a sweep are checked against the
@@ -11,6 +11,7 @@ evaluation share, with a margin; tests/test_packed.py holds it against measured 
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
 import os
 from collections.abc import Sequence
@@ -145,8 +146,21 @@ def available_memory() -> int:
 
 
 # the keys that size a model, for naming the one that makes a config too big (`check_fits`)
-SIZE_KEYS = ("model.m", "data.L", "data.N", "data.n_test", "train.T", "train.eps", "train.min_steps",
-             "train.batch", "data.d_x", "data.d", "data.p", "train.probe", "train.eta_probe")  # fmt: skip
+SIZE_KEYS = (
+    "model.m",
+    "data.L",
+    "data.N",
+    "data.n_test",
+    "train.T",
+    "train.eps",
+    "train.min_steps",
+    "train.batch",
+    "data.d_x",
+    "data.d",
+    "data.p",
+    "train.probe",
+    "train.eta_probe",
+)
 
 
 def check_fits(cfg: TrialConfig, limit: int, what: str) -> None:
@@ -176,3 +190,35 @@ def format_bytes(n: float) -> str:
     while k < len(units) - 1 and n >= 1024:
         n, k = n / 1024, k + 1
     return f"{n:.3g} {units[k]}"
+
+
+# ---------------------------------------------------------------------------------------------- hardware
+
+
+def cpu_cache_bytes() -> int:
+    """This core's share of the CPU's last-level cache (sysfs), or 8 MiB where it cannot be read."""
+    best = 8 * 2**20
+    try:
+        for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
+            with open(f"{index}/size") as f:
+                size = f.read().strip()
+            with open(f"{index}/shared_cpu_list") as f:
+                ranges = [r.partition("-") for r in f.read().strip().split(",") if r]
+            cpus = sum(int(hi or lo) - int(lo) + 1 for lo, _, hi in ranges)
+            units = {"K": 2**10, "M": 2**20, "G": 2**30}
+            nbytes = int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+            best = max(best, nbytes // max(cpus, 1))
+    except (OSError, ValueError):
+        pass
+    return best
+
+
+def group_size(m: int, device: Any) -> int:
+    """How many models of a pack (rnnsgd.packed) step together on `device` (a torch.device). On CUDA all of
+    them. On a CPU as many as keep their W, W' and W + W' within half of this core's share of the last-level
+    cache: a batched matrix-vector product streams every model's matrix per position, and past the cache that
+    is slower than K separate runs (each group then takes a block of steps in turn, its weights staying in
+    cache)."""
+    if device.type == "cuda":
+        return 2**31
+    return max(1, cpu_cache_bytes() // 2 // (3 * m * m * 4))

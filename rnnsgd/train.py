@@ -1,4 +1,4 @@
-"""One-sample SGD on the shift W' of the recurrent matrix (arXiv 1902.01028, Theorem 1; docs/schedule.md).
+"""One-sample SGD on the shift W' of the recurrent matrix (arXiv 1902.01028, Theorem 1; docs/training.md).
 
     W'_{t+1} = W'_t - eta grad_{W'} sum_{j=3}^{L} G(lambda F_j(x; W + W'_t), y*_j),   (x*, y*) ~ U(Z)
 
@@ -11,7 +11,15 @@ complexity), or `diverged` on NaN/Inf or blow-up.
 Besides the last iterate, every evaluation scores the tail average of W' (its mean over the steps since the
 last evaluation at or before half the steps so far, Polyak-Ruppert style): under a constant step on a
 non-smooth loss the last iterate's risk swings between neighbouring runs, the tail average's much less
-(docs/estimator.md).
+(docs/metrics.md).
+
+`run_schedule` is the loop over the evaluation grid, for one trainer (`Trainer.run`) and for a pack of them
+(rnnsgd.packed); `sgd_steps` is the SGD loop, for a pack of K networks (a plain run is a pack of one). Per
+step it does one K m x m sum (W + W'), the L-step recurrence and its BPTT batched over K, and the update fused
+into one product, into buffers (and views of them) that the caller keeps; -eta_k rides on network k's
+gradient from the start of BPTT (it is linear), so networks with different step sizes share one product.
+Nothing waits on the device. The bits of network k do not depend on the other networks of the pack (see
+rnnsgd.model): a pack of K equals K packs of one.
 """
 
 from __future__ import annotations
@@ -19,7 +27,8 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,14 +36,30 @@ import torch
 
 from rnnsgd import concept
 from rnnsgd.config import TrialConfig, eval_steps, schedule
-from rnnsgd.diagnostics import KEYS as DIAGNOSTIC_KEYS
 from rnnsgd.diagnostics import diagnostics, lag_recovery
 from rnnsgd.memory import block_steps, eval_chunk
-from rnnsgd.model import RNN
+from rnnsgd.metrics import (
+    GEN_GAP,
+    MECHANISM,
+    NRISK,
+    REL_RISK,
+    REL_RISK_TAIL,
+    STEP,
+    STEPS_PER_S,
+    TEST_RISK,
+    TRAIN_RISK,
+)
+from rnnsgd.model import RNN, Pack
 from rnnsgd.phi import parse_phi
 
 OUTCOMES = ("completed", "budget", "diverged")
 LAG_PROBE = 512  # test samples that measure the per-lag recovery of task `lags` (rnnsgd.diagnostics)
+
+# on_eval(k, metrics, trainer) after each evaluation of trainer k (`run_schedule`)
+OnEval = Callable[[int, dict[str, float], "Trainer"], None]
+# SGD of the active trainers (their indices) until one or more reach their next evaluation: for those, in
+# order, (index, the mean objective of the interval's steps, steps per second)
+SgdToNext = Callable[[list[int]], list[tuple[int, float, float]]]
 
 
 def named_generator(seed: int, name: str) -> torch.Generator:
@@ -53,7 +78,7 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass
 class RunResult:
-    status: str  # one of OUTCOMES (or "error": a packed run that isolated a failing model, see rnnsgd.packed)
+    status: str  # one of OUTCOMES, or "error": a model whose evaluation failed, isolated (`run_schedule`)
     metrics: dict[str, float]  # the last evaluation
     history: list[dict[str, float]] = field(default_factory=list)
     error: str | None = None  # the exception, where status is "error"
@@ -66,31 +91,32 @@ class Sample:
     f: torch.Tensor  # (n, L, d) clean F*(x*), for OPT
 
 
+def _as_slice(mask: torch.Tensor) -> slice:
+    """The supervised positions as a slice (a view, not a copy, in the SGD loop); contiguous in every task."""
+    sup = mask.nonzero().flatten().tolist()
+    assert sup == list(range(sup[0], sup[-1] + 1)), f"supervised positions {sup} are not contiguous"
+    return slice(sup[0], sup[-1] + 1)
+
+
 class Trainer:
-    """Holds a trial's fixed parts (teacher, data, init) and its state (W', step, SGD stream, history)."""
+    """Holds a trial's fixed parts (teacher, data, init) and its state (W', step, SGD stream, history).
+
+    A pack (rnnsgd.packed) trains many: each `hold`s its tensors in the pack's rows, the pack steps them
+    (`sgd_steps`) and tells each how far (`advance`), and `run_schedule` evaluates each on its own grid.
+    """
 
     def __init__(self, cfg: TrialConfig) -> None:
         self.cfg = cfg
-        self.sched = schedule(cfg)
+        lam = schedule(cfg).lam  # the step size eta is measured at init (`mean_grad_sq`) with this lambda
         self.device = resolve_device(cfg.train.device)
         da, seed = cfg.data, cfg.seed
         phis = tuple(parse_phi(s) for s in da.phi)
+        teacher_gen = named_generator(seed.teacher, "teacher")
         self.teacher = concept.make_teacher(
-            da.task,
-            da.L,
-            da.d_x,
-            da.d,
-            da.p,
-            phis,
-            da.lags,
-            da.unit_var,
-            named_generator(seed.teacher, "teacher"),
+            da.task, da.L, da.d_x, da.d, da.p, phis, da.lags, da.unit_var, teacher_gen
         )
         self.mask = self.teacher.mask.to(self.device)
-        # the supervised positions as a slice (a view, not a copy, in the SGD loop); contiguous in every task
-        sup = self.teacher.mask.nonzero().flatten().tolist()
-        assert sup == list(range(sup[0], sup[-1] + 1)), f"supervised positions {sup} are not contiguous"
-        self.supervised = slice(sup[0], sup[-1] + 1)
+        self.supervised = _as_slice(self.teacher.mask)
         self.net = RNN(
             cfg.model.m,
             da.d_x,
@@ -105,24 +131,8 @@ class Trainer:
         self.data_gen = named_generator(seed.run, "data")
         self.train_set = None if da.online else self._sample(da.N, self.data_gen)
         self.sgd_gen = named_generator(seed.run, "sgd")
-        loss = cfg.train.loss
-        self.opt = concept.risk(loss, self.test.f, self.test.y, self.mask).mean().item()
-        self.zero_risk = (
-            concept.risk(loss, torch.zeros_like(self.test.y), self.test.y, self.mask).mean().item()
-        )
-        # the best constant per position, fitted on the training set (online: on a fresh sample as large as
-        # the test set, from the teacher's stream, so that it is the same for every run seed)
-        fit_on = (
-            self.train_set
-            if self.train_set is not None
-            else self._sample(da.n_test, named_generator(seed.teacher, "baseline"))
-        )
-        self.baseline = (
-            concept.constant_baseline(loss, fit_on.y.cpu(), self.teacher.mask).float().to(self.device)
-        )
-        self.test_baseline = self._constant_risk(self.test)
+        self._fit_baselines()
         self.W_shift = torch.zeros_like(self.net.W)
-        lam = schedule(cfg).lam
         self.grad_sq = self.mean_grad_sq(
             self._sample(cfg.train.eta_probe, named_generator(seed.run, "eta")), lam
         )
@@ -139,6 +149,22 @@ class Trainer:
         # called with the step reached after each block of SGD steps between evaluations (a live progress
         # display; the sweep's packs do not call it): evaluations thin out geometrically, blocks do not
         self.on_steps: Callable[[int], None] | None = None
+
+    def _fit_baselines(self) -> None:
+        """OPT (the teacher's own risk), the zero predictor's risk, and the best constant per position, fitted
+        on the training set (online: on a fresh sample as large as the test set, from the teacher's stream, so
+        that it is the same for every run seed), with its test risk."""
+        da, loss = self.cfg.data, self.cfg.train.loss
+        self.opt = concept.risk(loss, self.test.f, self.test.y, self.mask).mean().item()
+        zeros = torch.zeros_like(self.test.y)
+        self.zero_risk = concept.risk(loss, zeros, self.test.y, self.mask).mean().item()
+        fit_on = self.train_set
+        if fit_on is None:
+            fit_on = self._sample(da.n_test, named_generator(self.cfg.seed.teacher, "baseline"))
+        self.baseline = (
+            concept.constant_baseline(loss, fit_on.y.cpu(), self.teacher.mask).float().to(self.device)
+        )
+        self.test_baseline = self._constant_risk(self.test)
 
     def _sample(self, n: int, gen: torch.Generator) -> Sample:
         da = self.cfg.data
@@ -175,6 +201,31 @@ class Trainer:
         self.history = [dict(h) for h in state["history"]]
         self.outcome = state["outcome"]
 
+    def held(self) -> tuple[torch.Tensor, ...]:
+        """What SGD reads and writes: the network's W, A, B, the shift W', the tail average's running sum."""
+        return self.net.W, self.net.A, self.net.B, self.W_shift, self.tail_cur
+
+    def hold(
+        self,
+        W: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        W_shift: torch.Tensor,
+        tail: torch.Tensor,
+        train: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        """Keep `held()` in these tensors from now on (e.g. rows of a pack's, rnnsgd.packed; or copies, for a
+        model that leaves it), their values copied in; `train`: likewise for the training set's x and y."""
+        for new, old in zip((W, A, B, W_shift, tail), self.held(), strict=True):
+            if new.data_ptr() != old.data_ptr():  # a pack's row that stays in place is not copied onto itself
+                new.copy_(old)
+        self.net = self.net.with_weights(W, A, B)
+        self.W_shift, self.tail_cur = W_shift, tail
+        if train is not None:
+            for new, old in zip(train, (self.train_set.x, self.train_set.y), strict=True):
+                new.copy_(old)
+            self.train_set = Sample(*train, self.train_set.f)
+
     # ------------------------------------------------------------------------------------------ maths
 
     def objective(self, s: Sample, W_shift: torch.Tensor | None = None) -> float:
@@ -183,11 +234,8 @@ class Trainer:
         W_shift = self.W_shift if W_shift is None else W_shift
         for i in range(0, s.x.shape[0], chunk):
             F = self.net.forward(s.x[i : i + chunk], W_shift)
-            total += (
-                concept.risk(self.cfg.train.loss, self.sched.lam * F, s.y[i : i + chunk], self.mask)
-                .sum()
-                .item()
-            )
+            risk = concept.risk(self.cfg.train.loss, self.sched.lam * F, s.y[i : i + chunk], self.mask)
+            total += risk.sum().item()
         return total / s.x.shape[0]
 
     def _constant_risk(self, s: Sample) -> float:
@@ -237,6 +285,16 @@ class Trainer:
             return self.W_shift
         return torch.stack([t for _, t in self.tail_done]).sum(dim=0) / (self.step - self.tail_from)
 
+    # ------------------------------------------------------------------------------------------ steps
+
+    def next_evaluation(self) -> int:
+        """The step of the next evaluation: the end of the current interval of SGD steps."""
+        return next(s for s in self.steps if s > self.step)
+
+    def advance(self, n_steps: int) -> None:
+        """n_steps SGD steps were taken (`sgd`, or a pack's `sgd_steps` on `held()`): the step moves on."""
+        self.step += n_steps
+
     def draw(self, n_steps: int) -> tuple[Sample, torch.Tensor]:
         """The samples of the next n_steps SGD steps: a set, and the rows of it each step takes (n_steps, b).
 
@@ -250,14 +308,12 @@ class Trainer:
         return self.train_set, torch.randint(self.cfg.data.N, (n_steps, b), generator=self.sgd_gen)
 
     def sgd(self, n_steps: int) -> float:
-        """n_steps SGD steps from the current state; returns the mean objective of the samples stepped on.
-
-        The hot loop is `sgd_steps`, shared with the packed trainer: this network runs as a pack of one.
-        """
+        """n_steps SGD steps from the current state (the step count stays: see `advance`); returns the mean
+        objective of the samples stepped on. The hot loop is `sgd_steps`, this network a pack of one."""
         cfg = self.cfg
         s, order = self.draw(n_steps)
         order = order.to(self.device)
-        net, shift = self.net.as_pack(), self.W_shift[None]
+        net, shift, tail = self.net.as_pack(), self.W_shift[None], self.tail_cur[None]
         lam = torch.tensor([self.sched.lam], device=self.device)
         eta = torch.tensor([self.sched.eta], device=self.device)
         G = torch.empty(n_steps, device=self.device)
@@ -266,52 +322,51 @@ class Trainer:
             rows = order[t0 : t0 + block]
             x, y = s.x[rows].unsqueeze(1), s.y[rows].unsqueeze(1)  # (block, 1, b, L, .)
             G[t0 : t0 + block] = sgd_steps(
-                net,
-                shift,
-                x,
-                y,
-                lam,
-                eta,
-                cfg.train.loss,
-                self.supervised,
-                tail=self.tail_cur[None],
-                work=work,
+                net, shift, x, y, lam, eta, cfg.train.loss, self.supervised, tail=tail, work=work
             )[:, 0]
             if self.on_steps is not None:
                 self.on_steps(self.step + min(t0 + block, n_steps))
         return G.sum().item() / (n_steps * cfg.train.batch)
 
-    # ------------------------------------------------------------------------------------------ loop
+    # ------------------------------------------------------------------------------------------ evaluation
 
     def evaluate(self, sgd_obj: float, steps_per_s: float) -> dict[str, float]:
-        cfg = self.cfg
+        """Every metric of docs/metrics.md at the current step (closing the tail average's interval)."""
         test = self.objective(self.test)
         self._close_tail()
         tail = self.objective(self.test, self.tail_average())
-        # "step" stays an int (JSON, MLflow's step, printing); every other value is a float
-        metrics: dict[str, float] = {"step": int(self.step), "test/risk": test, "opt": self.opt}
+        # STEP stays an int (JSON, MLflow's step, printing); every other value is a float
+        metrics: dict[str, float] = {STEP: int(self.step), TEST_RISK: test, "opt": self.opt}
         if self.train_set is not None:
             train = self._train_subset()
-            metrics["train/risk"] = self.objective(train)
+            metrics[TRAIN_RISK] = self.objective(train)
             metrics["train/baseline"] = self._constant_risk(train)
-            metrics["gen/gap"] = test - metrics["train/risk"]
+            metrics[GEN_GAP] = test - metrics[TRAIN_RISK]
         metrics["train/sgd_obj"] = sgd_obj
         metrics["test/excess_risk"] = test - self.opt
-        metrics["test/nrisk"] = test / self.zero_risk if self.zero_risk > 0 else math.nan
+        metrics[NRISK] = test / self.zero_risk if self.zero_risk > 0 else math.nan
         metrics["test/risk_iter_avg"] = self._iterate_average(test)
         metrics["test/baseline"] = self.test_baseline
         metrics["test/risk_tail"] = tail
         room = self.test_baseline - self.opt  # what the best constant leaves to learn
-        metrics["test/rel_risk"] = (test - self.opt) / room if room > 0 else math.nan
-        metrics["test/rel_risk_tail"] = (tail - self.opt) / room if room > 0 else math.nan
+        metrics[REL_RISK] = (test - self.opt) / room if room > 0 else math.nan
+        metrics[REL_RISK_TAIL] = (tail - self.opt) / room if room > 0 else math.nan
         metrics["sched/eta"], metrics["sched/lambda"] = self.sched.eta, self.sched.lam
         metrics["sched/grad_sq"] = self.grad_sq
-        finite = math.isfinite(test) and bool(torch.isfinite(self.W_shift).all())
+        metrics.update(
+            self._mechanism(finite=math.isfinite(test) and bool(torch.isfinite(self.W_shift).all()))
+        )
+        metrics[STEPS_PER_S] = steps_per_s
+        return metrics
+
+    def _mechanism(self, finite: bool) -> dict[str, float]:
+        """The proof's diagnostics (rnnsgd.diagnostics) and, for task lags, each lag's recovery; NaN for a
+        diverged state, so that every evaluation has every key of the metric table."""
+        cfg = self.cfg
         if finite:
-            probe = self.test.x[: cfg.train.probe]
-            metrics.update(diagnostics(self.net, self.W_shift, probe))
-        else:  # a diverged state: keep every key of the metric table, as NaN
-            metrics.update(dict.fromkeys(DIAGNOSTIC_KEYS, math.nan))
+            out = diagnostics(self.net, self.W_shift, self.test.x[: cfg.train.probe])
+        else:
+            out = dict.fromkeys(MECHANISM, math.nan)
         if cfg.data.task == "lags":
             x = self.test.x[:LAG_PROBE]
             r2 = (
@@ -319,9 +374,8 @@ class Trainer:
                 if finite
                 else dict.fromkeys(cfg.data.lags, math.nan)
             )
-            metrics.update({f"lags/r2_{g}": v for g, v in r2.items()})
-        metrics["perf/steps_per_s"] = steps_per_s
-        return metrics
+            out.update({f"lags/r2_{g}": v for g, v in r2.items()})
+        return out
 
     def _train_subset(self) -> Sample:
         """A fixed subset of at most n_test training samples: keeps evaluation cheap at large N."""
@@ -333,53 +387,110 @@ class Trainer:
         if not self.history or self.step == 0:
             return test
         prev = self.history[-1]
-        t0, t1 = prev["step"], float(self.step)
-        area = prev["test/risk_iter_avg"] * t0 + 0.5 * (prev["test/risk"] + test) * (t1 - t0)
+        t0, t1 = prev[STEP], float(self.step)
+        area = prev["test/risk_iter_avg"] * t0 + 0.5 * (prev[TEST_RISK] + test) * (t1 - t0)
         return area / t1
 
     def _verdict(self, metrics: dict[str, float]) -> str | None:
         """diverged / completed (plateau) / budget / None (go on)."""
         tr = self.cfg.train
-        key = "test" if self.cfg.data.online else "train"
-        now = metrics[f"{key}/risk"]
-        first = self.history[0][f"{key}/risk"] if self.history else now
+        risk, baseline = (
+            (TEST_RISK, "test/baseline") if self.cfg.data.online else (TRAIN_RISK, "train/baseline")
+        )
+        now = metrics[risk]
+        first = self.history[0][risk] if self.history else now
         if not math.isfinite(now) or now > tr.diverge_factor * max(first, 1e-12):
             return "diverged"
-        if self.step >= tr.min_steps and now < (1 - tr.stall_tol) * metrics[f"{key}/baseline"]:
+        if self.step >= tr.min_steps and now < (1 - tr.stall_tol) * metrics[baseline]:
             # plateau: the objective fell by less than plateau_tol over the last two doublings of steps (one
             # doubling is too short: one-sample SGD here has slow phases between descents). At or near the
             # constant baseline a flat stretch is the stall before learning starts, not an end.
-            back = [h[f"{key}/risk"] for h in self.history if h["step"] <= self.step / 4]
+            back = [h[risk] for h in self.history if h[STEP] <= self.step / 4]
             if back and back[-1] - now < tr.plateau_tol * back[-1]:
                 return "completed"
         if self.step >= self.sched.T:
             return "budget"
         return None
 
+    def record(self, sgd_obj: float, steps_per_s: float, extra: dict[str, float]) -> dict[str, float]:
+        """Evaluate at the current step with `extra`'s metrics (a pack's size), judge the run (`outcome`, None
+        while it goes on) and keep the metrics in `history`; returns them."""
+        metrics = self.evaluate(sgd_obj, steps_per_s)
+        metrics.update(extra)
+        self.outcome = self._verdict(metrics) if self.step > 0 else None
+        self.history.append(metrics)
+        return metrics
+
+    def result(self, error: str | None = None) -> RunResult:
+        """The run as it stands: its outcome, or status "error" with the exception's text."""
+        if error is not None:
+            return RunResult("error", self.history[-1] if self.history else {}, self.history, error=error)
+        return RunResult(self.outcome, self.history[-1], self.history)
+
+    # ------------------------------------------------------------------------------------------ loop
+
     @torch.no_grad()
     def run(self, on_eval: Callable[[dict[str, float], Trainer], None] | None = None) -> RunResult:
         """Train until plateau, budget or divergence; call on_eval(metrics, self) after each evaluation."""
-        sgd_obj, rate = math.nan, math.nan
-        if self.step == 0 and not self.history:
-            self._record(self.evaluate(sgd_obj, rate), on_eval)
-        while self.outcome is None:
-            nxt = next(s for s in self.steps if s > self.step)
-            t0 = time.perf_counter()
-            sgd_obj = self.sgd(nxt - self.step)
-            rate = (nxt - self.step) / (time.perf_counter() - t0)
-            self.step = nxt
-            self._record(self.evaluate(sgd_obj, rate), on_eval)
-        return RunResult(self.outcome, self.history[-1], self.history)
+        hand_on = None if on_eval is None else lambda _k, metrics, trainer: on_eval(metrics, trainer)
+        return run_schedule([self], self._sgd_to_next, hand_on)[0]
 
-    def _record(self, metrics: dict[str, float], on_eval: Callable | None) -> None:
-        self.outcome = self._verdict(metrics) if self.step > 0 else None
-        self.history.append(metrics)
+    def _sgd_to_next(self, _active: list[int]) -> list[tuple[int, float, float]]:
+        """`run_schedule`'s SGD for this trainer alone: the steps to its next evaluation."""
+        n = self.next_evaluation() - self.step
+        t0 = time.perf_counter()
+        sgd_obj = self.sgd(n)
+        rate = n / (time.perf_counter() - t0)
+        self.advance(n)
+        return [(0, sgd_obj, rate)]
+
+
+def run_schedule(
+    trainers: Sequence[Trainer],
+    sgd_to_next: SgdToNext,
+    on_eval: OnEval | None = None,
+    *,
+    isolate_errors: bool = False,
+    extra: Callable[[], dict[str, float]] = dict,
+) -> list[RunResult]:
+    """Train each trainer along its own evaluation grid (`Trainer.steps`) until it ends; results in order.
+
+    Each trainer is evaluated at step 0 (not a resumed one); then `sgd_to_next(active)` steps the active ones
+    until some reach their next evaluation. Each evaluation is recorded with `extra()`'s metrics and judged
+    (`Trainer.record`), then handed to on_eval(k, metrics, trainer); a trainer whose run ended leaves the
+    active ones. isolate_errors: an exception in one trainer's own evaluation ends that trainer only (status
+    "error", the exception in RunResult.error) and the others go on; otherwise it ends the whole run. An
+    exception in on_eval (the caller's, e.g. its tracking) always propagates.
+    """
+    errors: dict[int, str] = {}
+
+    def evaluate(k: int, sgd_obj: float, steps_per_s: float) -> bool:
+        """Record trainer k's evaluation; True when its run ended."""
+        tr = trainers[k]
+        try:
+            metrics = tr.record(sgd_obj, steps_per_s, extra())
+        except Exception as e:
+            if not isolate_errors:
+                raise
+            errors[k] = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
+            return True
         if on_eval is not None:
-            on_eval(metrics, self)
+            on_eval(k, metrics, tr)
+        return tr.outcome is not None
+
+    active = []
+    for k, tr in enumerate(trainers):  # a resumed trainer may have ended already
+        fresh = tr.step == 0 and not tr.history
+        if not (evaluate(k, math.nan, math.nan) if fresh else tr.outcome is not None):
+            active.append(k)
+    while active:
+        ended = [k for k, sgd_obj, rate in sgd_to_next(active) if evaluate(k, sgd_obj, rate)]
+        active = [k for k in active if k not in ended]
+    return [tr.result(errors.get(k)) for k, tr in enumerate(trainers)]
 
 
 def sgd_steps(
-    net: RNN,
+    net: Pack,
     W_shift: torch.Tensor,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -389,56 +500,31 @@ def sgd_steps(
     supervised: slice,
     mask: torch.Tensor | None = None,
     tail: torch.Tensor | None = None,
-    work: dict[str, torch.Tensor] | None = None,
+    work: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """C one-sample (or b-sample) SGD steps of K networks at once (Theorem 1 of the paper):
 
         W'_k <- W'_k - eta_k grad (1/b) sum_samples sum_{j in supervised} G(lam_k F_j(x; W_k + W'_k), y_j)
 
-    net: a pack (RNN.stack / RNN.as_pack), W (K, m, m); W_shift (K, m, m), trained in place.
+    net: a pack (rnnsgd.model.Pack), W (K, m, m); W_shift (K, m, m), trained in place.
     x (C, K, b, L, d_x + 1), y (C, K, b, L, d): the samples of each step. lam, eta (K,) on the device.
     mask (|supervised|, K) bool: the positions that count for each network, where they differ (a pack mixing
     long_range with other tasks); None: all. tail (K, m, m): W' is added to it after every step (the tail
     average's running sum). work: a dict the caller keeps across calls, for buffers to be reused (fresh ones
     cost page faults). Returns (C, K): each step's objective summed over its samples and positions.
-
-    Per step: one K m x m sum (W + W'), the L-step recurrence and its BPTT batched over K, and the update
-    fused into one product, into buffers (and views of them) kept in `work`; -eta_k rides on network k's
-    gradient from the start of BPTT (it is linear), so networks with different step sizes share one
-    product. Nothing waits on the device. The bits of network k do not depend on the other networks of the
-    pack (see rnnsgd.model): a pack of K equals K packs of one.
     """
     C, K, b, L, _ = x.shape
-    m = W_shift.shape[-1]
-    j = supervised
+    m, d, j = W_shift.shape[-1], net.d_out, supervised
     work = {} if work is None else work
-
-    def buffer(name: str, *shape: int) -> torch.Tensor:
-        if name not in work or work[name].shape != shape:
-            work[name] = W_shift.new_empty(shape)
-        return work[name]
-
-    def views(name: str, depth: int = 1) -> list:
-        """Buffer `name`'s per-position views (depth 2: per step, then per position), made once per buffer:
-        a step would otherwise make 4L of them, a microsecond each."""
-        t, made = work[name], work.get(name + "/views")
-        if made is None or made[0] is not t:
-            made = work[name + "/views"] = (t, [v.unbind(0) if depth == 2 else v for v in t.unbind(0)])
-        return made[1]
-
     # (C, L, K, b, m): A x_l of every step of the block, contiguous
-    U = net.project(x.permute(0, 3, 1, 2, 4), out=buffer("U", C, L, K, b, m))
+    U = net.project(x.permute(0, 3, 1, 2, 4), out=_buffer(work, W_shift, "U", C, L, K, b, m))
     Y = y[:, :, :, j].transpose(2, 3)  # (C, K, |j|, b, d), as z below
-    lam_B = (lam.view(K, 1, 1) * net.B).mT  # (K, m, d): the loss sees lambda F_j = (lambda B) h_j
-    d = net.d_out
-    # -eta dLoss/dh_j = sum_s dG_s (-eta lambda / b) B_s: the rows of (-eta lambda / b) B, each (K, 1, m)
-    rows = ((-eta * lam / b).view(K, 1, 1) * net.B).unsqueeze(-3).unbind(-2)
-    keep = None if mask is None else mask.T.reshape(K, -1, 1)  # (K, |j|, 1)
-    W_total = buffer("W_total", K, m, m)
-    g = buffer("g", L, K, b, m)  # B^T dy, position-major; 0 outside the supervised positions
-    h_out, active = buffer("h", L, K, b, m), buffer("active", L, K, b, m)  # h, sigma'(u): written each step
-    u_views, h_views, g_views, active_views = views("U", depth=2), views("h"), views("g"), views("active")
-    G_all = buffer("G", C, K, j.stop - j.start, b)
+    lam_B, rows, keep = _loss_side(net, lam, eta, b, mask)
+    W_total = _buffer(work, W_shift, "W_total", K, m, m)
+    # g = B^T dy (0 outside the supervised positions), h and sigma'(u), position-major, written each step
+    g, h_out, active = (_buffer(work, W_shift, name, L, K, b, m) for name in ("g", "h", "active"))
+    u_views, h_views, g_views, active_views = (_views(work, k) for k in ("U", "h", "g", "active"))
+    G_all = _buffer(work, W_shift, "G", C, K, j.stop - j.start, b)
     for t in range(C):
         torch.add(net.W, W_shift, out=W_total)
         u = U[t]  # (L, K, b, m), position-major
@@ -458,6 +544,35 @@ def sgd_steps(
         if tail is not None:
             tail.add_(W_shift)
     return G_all.view(C, K, -1).sum(dim=-1)  # a new tensor: G_all is reused
+
+
+def _loss_side(
+    net: Pack, lam: torch.Tensor, eta: torch.Tensor, b: int, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor | None]:
+    """What `sgd_steps` needs of the outputs: lambda B^T (K, m, d), as the loss sees lambda F_j =
+    (lambda B) h_j; the rows of (-eta lambda / b) B, each (K, 1, m), so that -eta dLoss/dh_j = sum_s dG_s of
+    them; and the mask of each network's positions as (K, |j|, 1), or None."""
+    K = net.W.shape[0]
+    lam_B = (lam.view(K, 1, 1) * net.B).mT
+    rows = ((-eta * lam / b).view(K, 1, 1) * net.B).unsqueeze(-3).unbind(-2)
+    keep = None if mask is None else mask.T.reshape(K, -1, 1)
+    return lam_B, rows, keep
+
+
+def _buffer(work: dict[str, Any], like: torch.Tensor, name: str, *shape: int) -> torch.Tensor:
+    """The buffer `name` of `work`, of this shape (a new one, like `like`, when the shape changed)."""
+    if name not in work or work[name].shape != shape:
+        work[name] = like.new_empty(shape)
+    return work[name]
+
+
+def _views(work: dict[str, Any], name: str) -> list:
+    """The per-position views of buffer `name` (U: per step, then per position), made once per buffer: a step
+    would otherwise make 4L of them."""
+    t, made = work[name], work.get(name + "/views")
+    if made is None or made[0] is not t:
+        made = work[name + "/views"] = (t, [v.unbind(0) if name == "U" else v for v in t.unbind(0)])
+    return made[1]
 
 
 def train(

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import METRIC_KEYS  # docs/metrics.md's table, written once for the tests
 
 from rnnsgd.cli import EXIT_BAD_INPUT, main
+from rnnsgd.metrics import LOGGED
 from rnnsgd.train import OUTCOMES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -57,7 +57,7 @@ def test_json_output_of_the_console_script(tmp_path):
     final = json.loads(proc.stdout)  # exactly one JSON object on stdout (progress goes to stderr)
     assert isinstance(final, dict)
     assert final["outcome"] in OUTCOMES
-    assert set(METRIC_KEYS) <= set(final), set(METRIC_KEYS) - set(final)
+    assert set(LOGGED) <= set(final), set(LOGGED) - set(final)
     assert final["step"] == 40
     assert list(tmp_path.iterdir()) == []  # nothing written
 
@@ -140,7 +140,7 @@ def test_plain_output_lists_the_final_metrics(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].split(": ")[0] == "outcome" and out[0].split(": ")[1] in OUTCOMES
     named = {line.split()[0] for line in out[1:]}
-    assert set(METRIC_KEYS) <= named
+    assert set(LOGGED) <= named
     assert list(tmp_path.iterdir()) == []
 
 
@@ -164,9 +164,15 @@ def test_sizes_no_machine_holds_are_refused_before_torch_loads(tmp_path):
 # ---------------------------------------------------------------------------------------------- what it shows
 
 LONGER = [
-    "model.m=32", "data.L=4", "data.N=32", "data.n_test=32", "train.T=60000", "train.evals_per_decade=2",
-    "train.device=cpu", "train.probe=8",
-]  # fmt: skip  # a few seconds of training: long enough for an estimate of the time left
+    "model.m=32",
+    "data.L=4",
+    "data.N=32",
+    "data.n_test=32",
+    "train.T=60000",
+    "train.evals_per_decade=2",
+    "train.device=cpu",
+    "train.probe=8",
+]  # a few seconds of training: long enough for an estimate of the time left
 
 
 def test_progress_on_a_terminal_is_one_redrawn_line_with_an_eta(tmp_path):
@@ -180,8 +186,14 @@ def test_progress_on_a_terminal_is_one_redrawn_line_with_an_eta(tmp_path):
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))  # 200 columns: no truncation
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(console_script() + ["train", *sets(*LONGER)], cwd=tmp_path, env=env,
-                            stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)  # fmt: skip
+    proc = subprocess.Popen(
+        console_script() + ["train", *sets(*LONGER)],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+    )
     os.close(slave)
     chunks = []
     while True:
@@ -260,13 +272,15 @@ def test_track_logs_one_run(tmp_path, monkeypatch, capsys, store):
     cfg = TrialConfig.from_flat(dict(pair.split("=") for pair in TINY))
     assert run.data.params == {k: format_value(v) for k, v in cfg.to_flat().items()}
     assert run.data.tags["outcome"] in OUTCOMES and run.data.tags["rnnsgd.role"] == "train"
-    assert set(METRIC_KEYS) - {"step"} <= set(run.data.metrics)
+    assert set(LOGGED) - {"step"} <= set(run.data.metrics)
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "test/risk")]
     assert steps[0] == 0 and steps[-1] == 40 and steps == sorted(steps)
     assert "step" not in run.data.metrics
     # bad input with --track: refused before the store is touched
-    assert main(["train", "--track", "--tracking-uri", f"sqlite:///{tmp_path}/new/m.db", "--set",
-                 "model.m=0"]) == EXIT_BAD_INPUT  # fmt: skip
+    assert (
+        main(["train", "--track", "--tracking-uri", f"sqlite:///{tmp_path}/new/m.db", "--set", "model.m=0"])
+        == EXIT_BAD_INPUT
+    )
     assert not (tmp_path / "new").exists()
 
 

@@ -40,5 +40,5 @@ def test_ordinary_configs_fit_this_machine():
 
 
 def test_format_bytes():
-    assert [format_bytes(n) for n in (512, 1536, 3 * 2**20, 1.5 * GiB, 2**50)] == [
-        "512 bytes", "1.5 KiB", "3 MiB", "1.5 GiB", "1.02e+03 TiB"]  # fmt: skip
+    expected = ["512 bytes", "1.5 KiB", "3 MiB", "1.5 GiB", "1.02e+03 TiB"]
+    assert [format_bytes(n) for n in (512, 1536, 3 * 2**20, 1.5 * GiB, 2**50)] == expected

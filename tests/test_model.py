@@ -10,7 +10,7 @@ import torch
 
 from rnnsgd import concept
 from rnnsgd.config import LOSSES
-from rnnsgd.model import RNN
+from rnnsgd.model import RNN, Pack
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -213,7 +213,7 @@ def test_a_pack_computes_what_each_network_does(device, activation):
         xs.append(RNN.normalize(tokens(2, 5, 3, seed=k), 0.7).to(device))
         shifts.append((0.3 * torch.randn(8, 8, generator=gen, dtype=torch.float64) / math.sqrt(8)).to(device))
     pack, x, S = RNN.stack(nets), torch.stack(xs), torch.stack(shifts)
-    assert pack.packed and pack.W.shape == (3, 8, 8) and not nets[0].packed
+    assert isinstance(pack, Pack) and pack.W.shape == (3, 8, 8) and not isinstance(nets[0], Pack)
     h, u = pack.states(x, S)
     dy = torch.randn(3, 2, 5, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(device)
     alphas = [-0.5, -0.5, -0.25]

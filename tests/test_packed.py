@@ -12,6 +12,7 @@ from test_train import same, small, without_perf  # one definition of the shared
 
 from rnnsgd.config import TrialConfig
 from rnnsgd.memory import estimate_bytes, max_pack, pack_bytes
+from rnnsgd.metrics import PACK_SIZE
 from rnnsgd.packed import PACK_FIELDS, PackedTrainer, check_pack, pack_key, train_packed
 from rnnsgd.train import Trainer, train
 
@@ -65,7 +66,7 @@ def test_pack_equals_separate_runs_bit_for_bit():
     for cfg, result, W in zip(cfgs, results, finals, strict=True):
         expected, W_alone = alone(cfg)
         assert_same_run(result, expected, W, W_alone)
-        assert result.metrics["perf/pack_size"] >= 1
+        assert result.metrics[PACK_SIZE] >= 1
     assert len({len(r.history) for r in results}) > 1  # the models kept their own evaluation grids
 
 
@@ -114,7 +115,7 @@ def test_pack_sgd_equals_trainer_sgd():
 
 
 def test_groups_do_not_change_the_results():
-    """On a CPU a pack steps in cache-sized groups (rnnsgd.packed.group_size): any grouping, same bits."""
+    """On a CPU a pack steps in cache-sized groups (rnnsgd.memory.group_size): any grouping, same bits."""
     cfgs = [small(**{"seed.run": s, "train.c_eta": 0.3 + 0.1 * (s % 2)}) for s in range(5)]  # two etas
     runs = []
     for group in (None, 1, 2):
@@ -138,28 +139,42 @@ def test_a_diverging_model_leaves_the_pack_alone():
     for k in (0, 2):
         expected, W_alone = alone(cfgs[k])
         assert_same_run(results[k], expected, finals[k], W_alone)
-        assert results[k].history[-1]["perf/pack_size"] == 2  # the diverged two left early
+        assert results[k].history[-1][PACK_SIZE] == 2  # the diverged two left early
     for k in (1, 3):
         assert_same_run(results[k], alone(cfgs[k])[0])
         assert not results[k].metrics["train/risk"] <= 100 * results[k].history[0]["train/risk"]  # or NaN
 
 
-def test_an_error_in_one_model_is_isolated_on_request():
+def test_an_error_in_one_model_is_isolated_on_request(monkeypatch):
+    """isolate_errors: a model whose own evaluation fails leaves the pack with status "error" and the others
+    go on; without it the error ends the run. An error in on_eval (the caller's tracking) always
+    propagates."""
     cfgs = [small(**{"seed.run": s}) for s in range(3)]
-    calls = {"n": 0}
+    expected = [alone(cfg)[0] for cfg in cfgs]
+    evaluate, calls = Trainer.evaluate, {"n": 0}
 
-    def fail_at_100(k: int, metrics: dict[str, float], trainer: Trainer) -> None:
-        if k == 1 and metrics["step"] >= 100:
+    def fail_at_100(trainer: Trainer, sgd_obj: float, steps_per_s: float) -> dict[str, float]:
+        if trainer.cfg.seed.run == 1 and trainer.step >= 100:
             calls["n"] += 1
+            raise RuntimeError("evaluation down")
+        return evaluate(trainer, sgd_obj, steps_per_s)
+
+    monkeypatch.setattr(Trainer, "evaluate", fail_at_100)
+    results = train_packed(cfgs, isolate_errors=True)
+    assert results[1].status == "error" and "evaluation down" in results[1].error
+    assert results[1].metrics["step"] < 100 and calls["n"] == 1
+    for k in (0, 2):
+        assert_same_run(results[k], expected[k])
+    with pytest.raises(RuntimeError, match="evaluation down"):
+        train_packed(cfgs)
+    monkeypatch.undo()
+
+    def tracking_down(k: int, metrics: dict[str, float], trainer: Trainer) -> None:
+        if k == 1 and metrics["step"] >= 100:
             raise RuntimeError("tracking down")
 
-    results = train_packed(cfgs, fail_at_100, isolate_errors=True)
-    assert results[1].status == "error" and "tracking down" in results[1].error
-    assert results[1].metrics["step"] >= 100 and calls["n"] == 1
-    for k in (0, 2):
-        assert_same_run(results[k], alone(cfgs[k])[0])
     with pytest.raises(RuntimeError, match="tracking down"):
-        train_packed(cfgs, fail_at_100)
+        train_packed(cfgs, tracking_down, isolate_errors=True)
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -168,8 +183,12 @@ def test_an_error_in_one_model_is_isolated_on_request():
 def test_a_pack_resumes_from_checkpoints_bit_for_bit(tmp_path):
     """Each model's state from a mid-run evaluation (each at its own step; one fresh, one already ended)
     resumes the pack: every model ends as in the uninterrupted pack."""
-    cfgs = [small(**{"train.T": 600}), small(**{"seed.run": 1, "train.T": 900}), small(**{"seed.run": 2}),
-            small(**{"train.c_eta": 1e6})]  # fmt: skip
+    cfgs = [
+        small(**{"train.T": 600}),
+        small(**{"seed.run": 1, "train.T": 900}),
+        small(**{"seed.run": 2}),
+        small(**{"train.c_eta": 1e6}),
+    ]
     saved: dict[int, dict] = {}
 
     def checkpoint(k: int, metrics: dict[str, float], trainer: Trainer) -> None:
@@ -200,8 +219,13 @@ def test_bad_packs_are_refused_with_the_reason():
     cfg = small()
     with pytest.raises(ValueError, match=r"^pack size K = 0"):
         train_packed([])
-    shapes = [({"model.m": 64}, "model.m"), ({"data.L": 6}, "data.L"), ({"train.loss": "l1"}, "train.loss"),
-              ({"data.online": True}, "data.online"), ({"train.batch": 2}, "train.batch")]  # fmt: skip
+    shapes = [
+        ({"model.m": 64}, "model.m"),
+        ({"data.L": 6}, "data.L"),
+        ({"train.loss": "l1"}, "train.loss"),
+        ({"data.online": True}, "data.online"),
+        ({"train.batch": 2}, "train.batch"),
+    ]
     for flat, field in shapes:
         with pytest.raises(ValueError, match=rf"^{field}: the models of a pack share it"):
             train_packed([cfg, cfg.replace(**flat)])

@@ -12,43 +12,11 @@ import torch
 from rnnsgd import concept, memory
 from rnnsgd import train as train_module
 from rnnsgd.config import LOSSES, TASKS, TrialConfig
+from rnnsgd.metrics import LOGGED, OFFLINE_ONLY, STEP
 from rnnsgd.model import RNN
 from rnnsgd.train import OUTCOMES, Trainer, eval_steps, named_generator, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-# the metric table (docs/metrics.md; the analysis reads these keys)
-METRIC_KEYS = (
-    "train/risk",
-    "test/risk",
-    "test/excess_risk",
-    "test/nrisk",
-    "gen/gap",
-    "test/risk_iter_avg",
-    "opt",
-    "w/move_fro",
-    "w/move_op",
-    "w/rel_change",
-    "w/spectral_radius",
-    "w/spectral_norm",
-    "act/flip_frac",
-    "lin/rel_err",
-    "h/drift",
-    "perf/steps_per_s",
-    "test/baseline",
-    "train/baseline",
-    "test/risk_tail",
-    "test/rel_risk",
-    "test/rel_risk_tail",
-    "sched/eta",
-    "sched/lambda",
-    "sched/grad_sq",
-)
-ONLINE_OMITS = (
-    "train/risk",
-    "train/baseline",
-    "gen/gap",
-)  # no training set: the population risk is test/risk, the gap is 0
 
 
 def small(device: str = "cpu", **flat) -> TrialConfig:
@@ -339,6 +307,17 @@ def test_resume_from_a_checkpoint_is_bit_identical(tmp_path, online):
 # ------------------------------------------------------------------------------------------ outcomes
 
 
+def test_an_error_in_on_eval_propagates():
+    """The caller's on_eval (e.g. its tracking) is not the trainer's to catch."""
+
+    def tracking_down(metrics: dict[str, float], trainer: Trainer) -> None:
+        if metrics[STEP] >= 10:
+            raise RuntimeError("tracking down")
+
+    with pytest.raises(RuntimeError, match="tracking down"):
+        train(small(**{"train.T": 50}), tracking_down)
+
+
 def test_outcomes():
     plateau = train(
         small(
@@ -355,7 +334,7 @@ def test_outcomes():
     for c_eta in (1e6, 1e30):  # blows up, or goes to inf/NaN
         diverged = train(small(**{"train.c_eta": c_eta}))
         assert diverged.status == "diverged", c_eta
-        assert set(METRIC_KEYS) <= set(diverged.metrics)
+        assert set(LOGGED) <= set(diverged.metrics)
     assert {plateau.status, budget.status, diverged.status} == set(OUTCOMES)
 
 
@@ -381,11 +360,11 @@ def test_every_metric_in_every_evaluation(online):
         small(**{"data.online": online, "train.T": 100}), lambda metrics, _: history.append(metrics)
     )
     assert history == result.history and len(history) == len(eval_steps(100, 8))
-    expected = set(METRIC_KEYS) - (set(ONLINE_OMITS) if online else set())
+    expected = set(LOGGED) - (set(OFFLINE_ONLY) if online else set())
     for metrics in history:
         assert expected <= set(metrics), expected - set(metrics)
         if online:
-            assert not set(ONLINE_OMITS) & set(metrics)
+            assert not set(OFFLINE_ONLY) & set(metrics)
         assert metrics["test/excess_risk"] == pytest.approx(metrics["test/risk"] - metrics["opt"])
         if not online:
             assert metrics["gen/gap"] == pytest.approx(metrics["test/risk"] - metrics["train/risk"])
