@@ -33,7 +33,7 @@ def main() -> int:
     torch.set_num_threads(1)
     shapes: dict = {}
     for p in load_sweep(args.file, args.variant).points:
-        cfg = p.config()
+        cfg = p.config
         shapes.setdefault(pack_key(cfg), []).append(cfg)
     print("shape                 K  step (us)  one pack (s)  two halves (s)")
     for cfgs in shapes.values():
@@ -45,8 +45,10 @@ def main() -> int:
         whole = seconds(lambda cfgs=cfgs: train_packed(cfgs))
         split = [seconds(lambda h=h: train_packed(h)) for h in halves if h]
         c = cfgs[0]
-        print(f"m={c.model.m:<5} L={c.data.L:<4} {len(cfgs):>6}  {step * 1e6:9.1f}  {whole:12.2f}  "
-              f"{' + '.join(f'{s:.2f}' for s in split)}")  # fmt: skip
+        print(
+            f"m={c.model.m:<5} L={c.data.L:<4} {len(cfgs):>6}  {step * 1e6:9.1f}  {whole:12.2f}  "
+            f"{' + '.join(f'{s:.2f}' for s in split)}"
+        )
     return 0
 
 

@@ -33,8 +33,17 @@ def run_once(file: str, variant: str | None, sets: list[str], quiet: bool = Fals
     sweep = load_sweep(file, variant, dict(s.split("=", 1) for s in sets))
     work = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
     uri = f"sqlite:///{work}/mlflow.db"
-    cmd = [sys.executable, "-m", "rnnsgd.cli", "sweep", str(Path(file).resolve()), "--tracking-uri", uri,
-           "--storage", str(work / "ray")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "rnnsgd.cli",
+        "sweep",
+        str(Path(file).resolve()),
+        "--tracking-uri",
+        uri,
+        "--storage",
+        str(work / "ray"),
+    ]
     cmd += [f"--variant={variant}"] if variant else []
     cmd += [f"--set={s}" for s in sets]
     env = {
@@ -52,15 +61,20 @@ def run_once(file: str, variant: str | None, sets: list[str], quiet: bool = Fals
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(sweep.name)
-    runs = [r for r in client.search_runs([exp.experiment_id], max_results=5000)
-            if r.data.tags.get("rnnsgd.role") == "trial"]  # fmt: skip
+    runs = [
+        r
+        for r in client.search_runs([exp.experiment_id], max_results=5000)
+        if r.data.tags.get("rnnsgd.role") == "trial"
+    ]
     trials: dict[str, list] = defaultdict(list)  # a trial trains a pack of points
     for r in runs:
         trials[r.data.tags["rnnsgd.trial_id"]].append(r)
     # a pack's training time is its last point's rnnsgd.train_s (the pack's time while the point was in it)
     train = {t: max(float(r.data.tags["rnnsgd.train_s"]) for r in rs) for t, rs in trials.items()}
-    span = {t: (max(r.info.end_time for r in rs) - min(r.info.start_time for r in rs)) / 1000
-            for t, rs in trials.items()}  # fmt: skip
+    span = {
+        t: (max(r.info.end_time for r in rs) - min(r.info.start_time for r in rs)) / 1000
+        for t, rs in trials.items()
+    }
     train_s = sum(train.values())
     service = sum(span[t] - train[t] for t in trials)
     concurrency = trial_slots(sweep, local_nodes())
@@ -69,22 +83,35 @@ def run_once(file: str, variant: str | None, sets: list[str], quiet: bool = Fals
     first_start = min(r.info.start_time for r in runs) / 1000
     last_end = max(r.info.end_time for r in runs) / 1000
     numbers = {
-        "sweep": sweep.name, "points": len(runs), "trials": len(trials), "concurrency": concurrency,
-        "wall_s": round(wall, 1), "sum_train_s": round(train_s, 1), "ideal_s": round(ideal, 1),
+        "sweep": sweep.name,
+        "points": len(runs),
+        "trials": len(trials),
+        "concurrency": concurrency,
+        "wall_s": round(wall, 1),
+        "sum_train_s": round(train_s, 1),
+        "ideal_s": round(ideal, 1),
         "overhead_factor": round(wall / ideal, 3),
-        "startup_s": round(first_start - t0, 1), "trials_span_s": round(last_end - first_start, 1),
+        "startup_s": round(first_start - t0, 1),
+        "trials_span_s": round(last_end - first_start, 1),
         "shutdown_s": round(t1 - last_end, 1),
-        "span_factor": round((last_end - first_start) / ideal, 3), "in_trial_service_s": round(service, 1),
-    }  # fmt: skip
+        "span_factor": round((last_end - first_start) / ideal, 3),
+        "in_trial_service_s": round(service, 1),
+    }
     if not quiet:
-        print(f"{sweep.name}: {len(runs)} points in {len(trials)} trials, concurrency {concurrency}, wall "
-              f"{wall:.1f} s, sum of training {train_s:.1f} s -> ideal {ideal:.1f} s: overhead factor "
-              f"{wall / ideal:.2f}")  # fmt: skip
-        print(f"  start-up (Ray, MLflow, the first trial's process) {numbers['startup_s']} s; first trial "
-              f"start to last trial end {numbers['trials_span_s']} s (factor {numbers['span_factor']}); "
-              f"shut-down {numbers['shutdown_s']} s")  # fmt: skip
-        print(f"  inside the trials but not training (MLflow, checkpoints, reports to Tune): {service:.1f} s "
-              f"in all, {service / len(trials):.2f} s per trial")  # fmt: skip
+        print(
+            f"{sweep.name}: {len(runs)} points in {len(trials)} trials, concurrency {concurrency}, wall "
+            f"{wall:.1f} s, sum of training {train_s:.1f} s -> ideal {ideal:.1f} s: overhead factor "
+            f"{wall / ideal:.2f}"
+        )
+        print(
+            f"  start-up (Ray, MLflow, the first trial's process) {numbers['startup_s']} s; first trial "
+            f"start to last trial end {numbers['trials_span_s']} s (factor {numbers['span_factor']}); "
+            f"shut-down {numbers['shutdown_s']} s"
+        )
+        print(
+            f"  inside the trials but not training (MLflow, checkpoints, reports to Tune): {service:.1f} s "
+            f"in all, {service / len(trials):.2f} s per trial"
+        )
     return numbers, runs
 
 
@@ -95,13 +122,18 @@ def compare_packing(args) -> int:
         for how, extra in (("unpacked", ["pack.size=1"]), ("packed", [])):
             numbers, _ = run_once(args.file, args.variant, args.set + extra, quiet=True)
             walls[how].append(numbers["wall_s"])
-            print(f"  round {r + 1} {how}: {numbers['points']} points in {numbers['trials']} trials, wall "
-                  f"{numbers['wall_s']} s (start-up {numbers['startup_s']} s, trials "
-                  f"{numbers['trials_span_s']} s, shut-down {numbers['shutdown_s']} s, sum of training "
-                  f"{numbers['sum_train_s']} s)", flush=True)  # fmt: skip
+            print(
+                f"  round {r + 1} {how}: {numbers['points']} points in {numbers['trials']} trials, wall "
+                f"{numbers['wall_s']} s (start-up {numbers['startup_s']} s, trials "
+                f"{numbers['trials_span_s']} s, shut-down {numbers['shutdown_s']} s, sum of training "
+                f"{numbers['sum_train_s']} s)",
+                flush=True,
+            )
     med = {how: statistics.median(w) for how, w in walls.items()}
-    print(f"median wall: unpacked {med['unpacked']:.1f} s, packed {med['packed']:.1f} s: packed is "
-          f"{med['unpacked'] / med['packed']:.2f}x faster")  # fmt: skip
+    print(
+        f"median wall: unpacked {med['unpacked']:.1f} s, packed {med['packed']:.1f} s: packed is "
+        f"{med['unpacked'] / med['packed']:.2f}x faster"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps({"walls": walls, "median": med}, indent=2))
     return 0
@@ -112,8 +144,12 @@ def main() -> int:
     ap.add_argument("file", nargs="?", default=str(REPO / "sweeps" / "smoke.yaml"))
     ap.add_argument("--variant")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--compare-packing", type=int, metavar="ROUNDS",
-                    help="run the sweep unpacked and packed, alternating, ROUNDS times each")  # fmt: skip
+    ap.add_argument(
+        "--compare-packing",
+        type=int,
+        metavar="ROUNDS",
+        help="run the sweep unpacked and packed, alternating, ROUNDS times each",
+    )
     ap.add_argument("--json", help="also write the numbers to this file")
     args = ap.parse_args()
     if args.compare_packing:

@@ -52,7 +52,7 @@ def estimate(path: Path, variant: str = "full", sets: dict[str, str] | None = No
     """Points, trials and GPU-hours (upper bounds) of a sweep's variant (with `--set`-style overrides), a
     trial per point and packed."""
     sweep = load_sweep(path, variant, sets or {})
-    cfgs = [p.config() for p in sweep.points]
+    cfgs = [p.config for p in sweep.points]
     share = sweep.resources.gpu or 1.0
     budget = int(GPU_BYTES * sweep.pack.memory_fraction * share)
     packs = plan(cfgs, [cost(c) for c in cfgs], sweep.pack, int(GPUS / share), budget)
@@ -73,9 +73,11 @@ def main() -> int:
     for path in [Path(a) for a in args.files] or sorted((REPO / "sweeps").glob("e*.yaml")):
         e = estimate(path, sets=sets)
         label = f"full with {', '.join(args.set)}" if sets else "full"
-        print(f"{path.name}: {label}: {e['points']} points: a trial per point at most {e['unpacked']:,.0f} "
-              f"GPU-hours; packed ({e['trials']} trials) at most {e['packed']:,.0f} GPU-hours "
-              f"({e['unpacked'] / e['packed']:.1f}x less)")  # fmt: skip
+        print(
+            f"{path.name}: {label}: {e['points']} points: a trial per point at most {e['unpacked']:,.0f} "
+            f"GPU-hours; packed ({e['trials']} trials) at most {e['packed']:,.0f} GPU-hours "
+            f"({e['unpacked'] / e['packed']:.1f}x less)"
+        )
     return 0
 
 

@@ -13,7 +13,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 EXIT_BAD_INPUT = 2
 
@@ -36,40 +36,10 @@ def parse_sets(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from rnnsgd.config import TrialConfig
-    from rnnsgd.memory import available_memory, check_fits, device_memory
-    from rnnsgd.sweep.spec import SweepError, read_yaml
-
-    flat: dict[str, Any] = {}
-    if args.config:
-        try:
-            loaded = read_yaml(args.config)
-        except SweepError as e:
-            raise BadInput(str(e)) from None
-        if not isinstance(loaded, dict):
-            raise BadInput(f"{args.config}: expected a mapping of dotted keys, e.g. 'model.m: 256'")
-        flat.update(loaded)
-    flat.update(parse_sets(args.set))
-    if args.threads < 0:
-        raise BadInput(f"--threads: must be >= 1 (0: torch's default, one per core), got {args.threads}")
-    try:  # all of it before torch's import (seconds), and before anything is allocated
-        cfg = TrialConfig.from_flat(flat)
-        check_fits(cfg, available_memory(), "of memory available on this machine")
-    except ValueError as e:
-        raise BadInput(str(e)) from None
+    cfg = _train_config(args)
     tracking = _train_tracking(args) if args.track else None  # checked, nothing created yet
-    try:
-        import torch
-
-        from rnnsgd.train import Trainer, resolve_device
-
-        device = resolve_device(cfg.train.device)  # train.device=cuda on a machine without one is bad input
-        if device.type == "cuda":
-            check_fits(cfg, device_memory(device), f"of memory on {device}")
-    except ValueError as e:
-        raise BadInput(str(e)) from None
-
-    from rnnsgd.console import TrainProgress, plural
+    device = _train_device(cfg)
+    import torch
 
     out = sys.stderr if args.json else sys.stdout  # with --json, stdout holds the one JSON object only
     threads_before = torch.get_num_threads()
@@ -79,32 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         if tracking is not None:
             run = _open_train_run(args, tracking, cfg, device.type)
-        trainer = Trainer(cfg)
-        sched = trainer.sched
-        how = "train.T" if cfg.train.T else f"the {cfg.train.schedule} schedule's budget"
-        if not args.quiet:
-            eta = f"{sched.eta:.4g}" + (f" (grad_sq {trainer.grad_sq:.4g} at init)" if cfg.train.schedule ==
-                                       "practical" else "")  # fmt: skip
-            print(f"lambda {sched.lam:.4g}, eta {eta}, T {sched.T} steps at most ({how}; a plateau ends the "
-                  f"run sooner); {device.type}, {plural(torch.get_num_threads(), 'thread')}", file=out,
-                  flush=True)  # fmt: skip
-        progress = TrainProgress(sched.T, out)
-
-        def on_eval(metrics: dict[str, Any], _trainer: Any) -> None:
-            if run is not None:
-                run.log(metrics, int(metrics["step"]))
-            if not args.quiet:
-                progress.evaluation(metrics)
-
-        if not args.quiet:
-            trainer.on_steps = progress.steps
-        progress.start()
-        try:
-            result = trainer.run(on_eval)
-        finally:
-            progress.close()
-        if run is not None:
-            run.finish(result.status, tags={"rnnsgd.train_s": f"{time.monotonic() - progress.t0:.3f}"})
+        result = _train(args, cfg, device, run, out)
     except BaseException as e:
         if run is not None:  # the run ends KILLED (Ctrl+C) or FAILED with the traceback, never RUNNING
             import traceback
@@ -119,21 +64,112 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise
     finally:
         torch.set_num_threads(threads_before)  # a caller in this process (a test, a notebook) keeps its own
-    final = {"outcome": result.status, **result.metrics}
+    _print_result(args, result)
+    if run is not None:
+        print(
+            f"tracked: run {run.run_id} of experiment {args.experiment!r} in {tracking}; open it with: "
+            f"{ui_command(tracking)}",
+            file=out,
+        )
+    return 0
+
+
+def _train_config(args: argparse.Namespace):
+    """The TrialConfig of --config and --set, checked against this machine's memory: all of it before
+    torch's import (seconds), and before anything is allocated."""
+    from rnnsgd.config import TrialConfig
+    from rnnsgd.memory import available_memory, check_fits
+    from rnnsgd.sweep.spec import SweepError, read_yaml
+
+    flat: dict[str, Any] = {}
+    if args.config:
+        try:
+            loaded = read_yaml(args.config)
+        except SweepError as e:
+            raise BadInput(str(e)) from None
+        if not isinstance(loaded, dict):
+            raise BadInput(f"{args.config}: expected a mapping of dotted keys, e.g. 'model.m: 256'")
+        flat.update(loaded)
+    flat.update(parse_sets(args.set))
+    if args.threads < 0:
+        raise BadInput(f"--threads: must be >= 1 (0: torch's default, one per core), got {args.threads}")
+    try:
+        cfg = TrialConfig.from_flat(flat)
+        check_fits(cfg, available_memory(), "of memory available on this machine")
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+    return cfg
+
+
+def _train_device(cfg: Any):
+    """The device train.device names (cuda on a machine without one is bad input), checked for memory."""
+    from rnnsgd.memory import check_fits, device_memory
+
+    try:
+        from rnnsgd.train import resolve_device
+
+        device = resolve_device(cfg.train.device)
+        if device.type == "cuda":
+            check_fits(cfg, device_memory(device), f"of memory on {device}")
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+    return device
+
+
+def _train(args: argparse.Namespace, cfg: Any, device: Any, run: Any, out: TextIO):
+    """Train with progress lines on `out` (unless --quiet) and the metrics to `run` (when tracked); the run
+    ends with the outcome."""
+    import torch
+
+    from rnnsgd.console import TrainProgress, plural
+    from rnnsgd.metrics import STEP
+    from rnnsgd.train import Trainer
+
+    trainer = Trainer(cfg)
+    sched = trainer.sched
+    if not args.quiet:
+        how = "train.T" if cfg.train.T else f"the {cfg.train.schedule} schedule's budget"
+        measured = f" (grad_sq {trainer.grad_sq:.4g} at init)" if cfg.train.schedule == "practical" else ""
+        threads = plural(torch.get_num_threads(), "thread")
+        print(
+            f"lambda {sched.lam:.4g}, eta {sched.eta:.4g}{measured}, T {sched.T} steps at most ({how}; a "
+            f"plateau ends the run sooner); {device.type}, {threads}",
+            file=out,
+            flush=True,
+        )
+    progress = TrainProgress(sched.T, out)
+
+    def on_eval(metrics: dict[str, Any], _trainer: Any) -> None:
+        if run is not None:
+            run.log(metrics, int(metrics[STEP]))
+        if not args.quiet:
+            progress.evaluation(metrics)
+
+    if not args.quiet:
+        trainer.on_steps = progress.steps
+    progress.start()
+    try:
+        result = trainer.run(on_eval)
+    finally:
+        progress.close()
+    if run is not None:
+        run.finish(result.status, tags={"rnnsgd.train_s": f"{time.monotonic() - progress.t0:.3f}"})
+    return result
+
+
+def _print_result(args: argparse.Namespace, result: Any) -> None:
+    """The outcome and final metrics: one JSON object (--json; non-finite values as null), else a table."""
     if args.json:
+        final = {"outcome": result.status, **result.metrics}
         print(
             json.dumps(
                 {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in final.items()}
             )
         )
-    else:
-        print(f"outcome: {result.status}")
-        for k, v in result.metrics.items():
-            print(f"  {k:<22} {v}" if isinstance(v, int) else f"  {k:<22} {v:.6g}")
-    if run is not None:
-        print(f"tracked: run {run.run_id} of experiment {args.experiment!r} in {tracking}; open it with: "
-              f"{ui_command(tracking)}", file=out)  # fmt: skip
-    return 0
+        return
+    print(f"outcome: {result.status}")
+    for k, v in result.metrics.items():
+        print(f"  {k:<22} {v}" if isinstance(v, int) else f"  {k:<22} {v:.6g}")
 
 
 def _train_tracking(args: argparse.Namespace) -> str:
@@ -154,12 +190,9 @@ def _train_tracking(args: argparse.Namespace) -> str:
 def _open_train_run(args: argparse.Namespace, uri: str, cfg: Any, device: str):
     """The MLflow run of `rnnsgd train --track`: its experiment (created when new), the flat config as
     params, tags; metrics then go through tracking.TrialRun (batched) as in a sweep."""
-    from mlflow.entities import Param
-
-    from rnnsgd.config import format_value
     from rnnsgd.sweep.runner import git_sha
     from rnnsgd.sweep.spec import SweepError
-    from rnnsgd.sweep.tracking import PARAM_MAX, ROLE, SweepTracker, TrialRun
+    from rnnsgd.sweep.tracking import ROLE, SweepTracker, TrialRun, config_params
 
     try:
         tracker = SweepTracker(uri)
@@ -170,8 +203,7 @@ def _open_train_run(args: argparse.Namespace, uri: str, cfg: Any, device: str):
     name = " ".join([*([Path(args.config).stem] if args.config else []), *args.set]) or "defaults"
     tags = {ROLE: "train", "git_sha": git_sha(), "device": device, "rnnsgd.threads": str(args.threads)}
     run_id = tracker.client.create_run(experiment_id, run_name=name[:250], tags=tags).info.run_id
-    params = [Param(k, format_value(v)[:PARAM_MAX]) for k, v in cfg.to_flat().items()]
-    tracker.client.log_batch(run_id, params=params)
+    tracker.client.log_batch(run_id, params=config_params(cfg.to_flat()))
     return TrialRun(uri, run_id, new=True)
 
 
@@ -187,13 +219,25 @@ def is_sweep_file(target: str) -> bool:
     return Path(target).exists() or target.endswith((".yaml", ".yml"))
 
 
+def sweep_file(target: str, variant: str | None, sets: dict[str, str]):
+    """The sweep file a FILE|NAME argument names, loaded; None when it is the name of a sweep in MLflow."""
+    from rnnsgd.sweep.spec import load_sweep
+
+    return load_sweep(target, variant, sets) if is_sweep_file(target) else None
+
+
+def sweep_command(target: str, variant: str | None) -> list[str]:
+    """The command that runs a sweep file (and its variant)."""
+    return ["rnnsgd", "sweep", target, *(["--variant", variant] if variant else [])]
+
+
 def load_sweep_target(target: str, variant: str | None, sets: dict[str, str], tracking_uri: str | None):
     """A sweep file, or the name of a sweep MLflow already holds (its parent run stored the definition)."""
-    from rnnsgd.sweep.spec import load_sweep
     from rnnsgd.sweep.tracking import stored_sweep
 
-    if is_sweep_file(target):
-        return load_sweep(target, variant, sets)
+    sweep = sweep_file(target, variant, sets)
+    if sweep is not None:
+        return sweep
     if variant is not None:
         raise BadInput(f"{target}: --variant: a sweep read back by name has its variant already")
     return stored_sweep(target, tracking_uri, sets)
@@ -221,8 +265,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             slots = trial_slots(sweep, local_nodes())
             sizes = Counter(len(p) for p in pack_points(sweep, list(sweep.points), slots))
             shape = ", ".join(f"{n} x {k}" for k, n in sorted(sizes.items(), reverse=True))
-            print(f"{plural(sum(sizes.values()), 'trial')}: {shape} points (pack.size "
-                  f"{sweep.pack.size or 'auto'}, {slots} at a time on this machine)")  # fmt: skip
+            print(
+                f"{plural(sum(sizes.values()), 'trial')}: {shape} points (pack.size "
+                f"{sweep.pack.size or 'auto'}, {slots} at a time on this machine)"
+            )
             return 0
         from rnnsgd.sweep.runner import run_sweep
 
@@ -235,8 +281,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(report.summary() + f" (wall {report.wall_s:.0f} s)")
     print(f"open the results: {report.ui_command()}")
     if report.missing:
-        again = ["rnnsgd", "sweep", args.file, *(["--variant", args.variant] if args.variant else [])]
-        again += [f"--set={s}" for s in args.set]
+        again = [*sweep_command(args.file, args.variant), *(f"--set={s}" for s in args.set)]
         print(f"resume with: {shlex.join(again)}")
     return report.exit_code
 
@@ -258,9 +303,7 @@ def run_first(args: argparse.Namespace) -> str:
     """What to say about a sweep that has no runs yet: the command that runs it."""
     if not is_sweep_file(args.sweep):
         return "run it first: rnnsgd sweep FILE"
-    return "run it first: " + shlex.join(
-        ["rnnsgd", "sweep", args.sweep, *(["--variant", args.variant] if args.variant else [])]
-    )
+    return "run it first: " + shlex.join(sweep_command(args.sweep, args.variant))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -283,19 +326,21 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise BadInput(f"{e}; {run_first(args)}") from None
     write_table(table, out)
     where = "stdout" if out == "-" else Path(out).resolve()
-    print(f"sweep {name}: {plural(len(table), 'point')}, {len(table.columns)} columns -> {where}",
-          file=sys.stderr if out == "-" else sys.stdout)  # fmt: skip
+    print(
+        f"sweep {name}: {plural(len(table), 'point')}, {len(table.columns)} columns -> {where}",
+        file=sys.stderr if out == "-" else sys.stdout,
+    )
     return 0
 
 
 def _report_target(args: argparse.Namespace) -> tuple[str, str]:
     """(sweep name, tracking URI) for `report` and `analyze`: from a sweep file or a name MLflow holds."""
-    from rnnsgd.sweep.spec import SweepError, load_sweep
+    from rnnsgd.sweep.spec import SweepError
     from rnnsgd.sweep.tracking import resolve_tracking_uri
 
     try:
-        if is_sweep_file(args.sweep):
-            sweep = load_sweep(args.sweep, args.variant, {})
+        sweep = sweep_file(args.sweep, args.variant, {})
+        if sweep is not None:
             uri, _ = resolve_tracking_uri(args.tracking_uri, sweep.tracking_uri, sweep.source)
             return sweep.name, uri
         return args.sweep, resolve_tracking_uri(args.tracking_uri, None, args.sweep)[0]
@@ -314,11 +359,15 @@ def analysis_options(args: argparse.Namespace) -> tuple[str, float, float]:
     if is_relative(metric):
         level = DEFAULT_LEVEL if level is None else level
         if not 0 < level < 1:
-            raise BadInput(f"--level {level:g}: a relative metric ({metric}) takes a level in (0, 1), "
-                           "0 = OPT, 1 = the best constant predictor")  # fmt: skip
+            raise BadInput(
+                f"--level {level:g}: a relative metric ({metric}) takes a level in (0, 1), "
+                "0 = OPT, 1 = the best constant predictor"
+            )
     elif level is None:
-        raise BadInput(f"--level: required with the absolute metric {metric} (e.g. --level 0.1), "
-                       f"or choose a relative one such as {DEFAULT_METRIC}")  # fmt: skip
+        raise BadInput(
+            f"--level: required with the absolute metric {metric} (e.g. --level 0.1), "
+            f"or choose a relative one such as {DEFAULT_METRIC}"
+        )
     elif not (level > 0 and math.isfinite(level)):
         raise BadInput(f"--level {level:g}: must be a finite number > 0 for the absolute metric {metric}")
     min_span = DEFAULT_MIN_SPAN if args.min_span is None else args.min_span
@@ -347,14 +396,14 @@ def _build_report(args: argparse.Namespace, name: str, uri: str, out: Path):
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from rnnsgd.analysis import report
+    from rnnsgd.analysis import render
     from rnnsgd.sweep.tracking import SweepTracker, log_report
 
     name, uri = _report_target(args)
     out = Path(args.out) if args.out else Path("reports") / name
     rep = _build_report(args, name, uri, out)
     preface = _provenance(args, rep)  # before writing: the report names the command that wrote it
-    md, page = report.write(rep, out)
+    md, page = render.write(rep, out)
     found = SweepTracker(uri).parent_info(name)
     if found is not None:  # the report travels with the sweep: artifacts and a results table of its parent
         log_report(uri, found[1].info.run_id, out, rep.runs)
@@ -364,15 +413,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         f"report: {page.resolve()} (and {md.name})" + ("; logged on the sweep's parent run" if found else "")
     )
     if args.findings:
-        print(f"findings: {report.write_findings(rep, Path(args.findings), preface).resolve()}")
+        print(f"findings: {render.write_findings(rep, Path(args.findings), preface).resolve()}")
     return 0
 
 
 def _provenance(args: argparse.Namespace, rep) -> list[str]:
     """The command that wrote the report, into its provenance (date, commits, store, parent run and links:
-    report.provenance_md); returns what a findings page adds: the machine and how to reproduce it."""
-    import os
-
+    render.provenance_md); returns what a findings page adds: the machine and how to reproduce it."""
     variant = f" --variant {args.variant}" if args.variant else ""
     level = f" --metric {rep.metric} --level {rep.level:g}"
     findings = f" --findings {args.findings}" if getattr(args, "findings", None) else ""
@@ -445,12 +492,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         return 0
     if not args.sweep:
         raise BadInput("give a sweep (file or name), or --validate for the E0 check of the pipeline")
-    from rnnsgd.analysis import report
+    from rnnsgd.analysis import render
 
     name, uri = _report_target(args)
     rep = _build_report(args, name, uri, None)  # None: no figures, a terminal shows none
     _provenance(args, rep)
-    print(report.to_markdown(rep, figures=None))
+    print(render.to_markdown(rep, figures=None))
     return 0
 
 
@@ -458,9 +505,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnnsgd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     parser.subcommands = sub.choices  # type: ignore[attr-defined]  # parse_args: a subcommand's own usage
+    for add in (
+        _train_parser,
+        _sweep_parser,
+        _status_parser,
+        _export_parser,
+        _report_parser,
+        _analyze_parser,
+    ):
+        add(sub)
+    return parser
+
+
+TARGET_HELP = "sweep file, or the name of a sweep that has run"
+URI_HELP = "MLflow tracking URI (as for `rnnsgd sweep`)"
+
+
+def _set_arg(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
+def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train one model and print its final metrics")
     p.add_argument("--config", help="YAML file of dotted keys (model.m: 256, ...)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key")
+    _set_arg(p, "override one key")
     p.add_argument("--json", action="store_true", help="print the final metrics as one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument(
@@ -473,19 +541,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--track", action="store_true", help="log the run to MLflow (config, metrics, outcome)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI for --track (as for `rnnsgd sweep`)")
-    p.add_argument("--experiment", default="rnnsgd-train", help="MLflow experiment for --track "
-                                                                "(default: rnnsgd-train)")  # fmt: skip
+    p.add_argument(
+        "--experiment", default="rnnsgd-train", help="MLflow experiment for --track (default: rnnsgd-train)"
+    )
     p.set_defaults(func=cmd_train)
 
+
+def _sweep_parser(sub) -> None:
     p = sub.add_parser("sweep", help="run a sweep file's grid as Ray Tune trials, tracked in MLflow")
     p.add_argument("file", metavar="FILE", help="sweep file (sweeps/*.yaml), or the name of a sweep that ran")
     p.add_argument("--variant", help="which of the file's variants to run (smoke, full, ...)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key (model.m=64; a list makes an axis: data.L=[4,8]) or a "
+    _set_arg(
+        p,
+        "override a config key (model.m=64; a list makes an axis: data.L=[4,8]) or a "
         "sweep key (concurrency=4, resources.gpu=0.25, seeds=5, grid.data.N={log2: [6, 9]})",
     )
     p.add_argument(
@@ -493,50 +561,34 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="require that the sweep ran before (any re-run resumes: done points are skipped)",
     )
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, the file's "
-                                          "tracking_uri, else sqlite:///<cwd>/runs/mlflow.db)")  # fmt: skip
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, the file's tracking_uri, else "
+        "sqlite:///<cwd>/runs/mlflow.db)",
+    )
     p.add_argument("--storage", help="Ray storage path or URI for checkpoints (default: <cwd>/runs/ray)")
     p.add_argument("--dry-run", action="store_true", help="validate and list the grid points; run nothing")
     p.set_defaults(func=cmd_sweep)
 
+
+def _status_parser(sub) -> None:
     p = sub.add_parser("status", help="a sweep's coverage: done, failed, running, missing, per axis value")
-    p.add_argument("sweep", metavar="FILE|NAME", help="sweep file, or the name of a sweep that has run")
+    p.add_argument("sweep", metavar="FILE|NAME", help=TARGET_HELP)
     p.add_argument("--variant", help="which of the file's variants")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for `rnnsgd sweep`")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (as for `rnnsgd sweep`)")
+    _set_arg(p, "as for `rnnsgd sweep`")
+    p.add_argument("--tracking-uri", help=URI_HELP)
     p.set_defaults(func=cmd_status)
 
-    def analysis_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--variant", help="which of the file's variants")
-        p.add_argument("--tracking-uri", help="MLflow tracking URI (as for `rnnsgd sweep`)")
-        p.add_argument(
-            "--metric",
-            help="metric thresholded for N* and T* (default: the tail-averaged "
-            "baseline-relative excess risk; test/excess_risk for absolute levels)",
-        )
-        p.add_argument(
-            "--level",
-            type=float,
-            help="threshold on the metric (default for a relative metric: "
-            "halfway from the best constant predictor to OPT; an "
-            "absolute metric needs one)",
-        )
-        p.add_argument(
-            "--min-span",
-            type=float,
-            help="least largest/smallest L ratio for a verdict on the "
-            "law (default: the one the E0 study supports)",
-        )
-        p.add_argument("--n-boot", type=int, default=2000, help="hierarchical bootstrap replicates")
 
+def _export_parser(sub) -> None:
     p = sub.add_parser(
         "export",
         help="a sweep's results as one table (CSV or Parquet): a row per grid point with its "
         "config, final metrics, outcome and status",
     )
-    p.add_argument("sweep", metavar="FILE|NAME", help="sweep file, or the name of a sweep that has run")
+    p.add_argument("sweep", metavar="FILE|NAME", help=TARGET_HELP)
     p.add_argument("--variant", help="which of the file's variants")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (as for `rnnsgd sweep`)")
+    p.add_argument("--tracking-uri", help=URI_HELP)
     p.add_argument(
         "-o",
         "--out",
@@ -545,10 +597,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_export)
 
+
+def _analysis_args(p: argparse.ArgumentParser) -> None:
+    """The options `report` and `analyze` share."""
+    p.add_argument("--variant", help="which of the file's variants")
+    p.add_argument("--tracking-uri", help=URI_HELP)
+    p.add_argument(
+        "--metric",
+        help="metric thresholded for N* and T* (default: the tail-averaged "
+        "baseline-relative excess risk; test/excess_risk for absolute levels)",
+    )
+    p.add_argument(
+        "--level",
+        type=float,
+        help="threshold on the metric (default for a relative metric: "
+        "halfway from the best constant predictor to OPT; an "
+        "absolute metric needs one)",
+    )
+    p.add_argument(
+        "--min-span",
+        type=float,
+        help="least largest/smallest L ratio for a verdict on the law "
+        "(default: the one the E0 study supports)",
+    )
+    p.add_argument("--n-boot", type=int, default=2000, help="hierarchical bootstrap replicates")
+
+
+def _report_parser(sub) -> None:
     p = sub.add_parser(
         "report", help="HTML + Markdown report of a sweep: grid, figures, fits, a verdict per claim"
     )
-    p.add_argument("sweep", metavar="FILE|NAME", help="sweep file, or the name of a sweep that has run")
+    p.add_argument("sweep", metavar="FILE|NAME", help=TARGET_HELP)
     p.add_argument("--out", help="output folder (default: reports/<sweep name>)")
     p.add_argument(
         "--findings",
@@ -556,21 +635,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the report as a page of the docs (e.g. docs/findings.md; figures beside it), with "
         "how it was made and how to reproduce it",
     )
-    analysis_args(p)
+    _analysis_args(p)
     p.set_defaults(func=cmd_report)
 
+
+def _analyze_parser(sub) -> None:
     p = sub.add_parser(
         "analyze", help="print a sweep's verdicts and fit tables; --validate runs the E0 check"
     )
-    p.add_argument(
-        "sweep", nargs="?", metavar="FILE|NAME", help="sweep file, or the name of a sweep that has run"
-    )
+    p.add_argument("sweep", nargs="?", metavar="FILE|NAME", help=TARGET_HELP)
     p.add_argument(
         "--validate",
         action="store_true",
         help="E0: right verdicts on synthetic sweeps of known laws against the span of L and the seeds, and "
-        "the smallest span reaching 95%% (spans x seeds x 3 laws x --replicates fits, 1080 by default: "
-        "~0.1 s each at --n-boot 200, ~0.35 s at 2000, on a 2-core CPU)",
+        "the smallest span reaching 95%% (spans x seeds x 3 laws x --replicates fits, 1080 by default)",
     )
     p.add_argument("--replicates", type=int, default=40, help="synthetic sweeps per cell (--validate)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic sweeps (--validate)")
@@ -581,9 +659,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE|NAME",
         help="simulate the noise measured on this sweep's runs (--validate; default: validate.DEFAULT_NOISE)",
     )
-    analysis_args(p)
+    _analysis_args(p)
     p.set_defaults(func=cmd_analyze)
-    return parser
 
 
 def private_files() -> None:

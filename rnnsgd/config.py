@@ -2,14 +2,13 @@
 
 A trial is fully described by a `TrialConfig`; sweeps, MLflow params and the CLI all speak its flat form
 (`{"model.m": 256, "data.L": 8, ...}`). Derived quantities (lambda, eta, T) are formulas of the config,
-computed by `schedule` (docs/schedule.md), never stored twice.
+computed by `schedule` (docs/training.md), never stored twice.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import math
 import typing
 from dataclasses import dataclass, field
@@ -58,7 +57,7 @@ class TrainConfig:
     loss: str = "l2"  # G(z, y): l2 (unsquared, default), l1, huber, xent; mse is outside the theorem
     schedule: str = "practical"  # how lambda, eta, T follow from (eps, L, m): see `schedule`
     eps: float = 0.1  # target excess risk; sets lambda, eta, T through the schedule
-    c_lambda: float = 4.0  # multipliers of the schedule's formulas (practical defaults: see docs/schedule.md)
+    c_lambda: float = 4.0  # multipliers of the schedule's formulas (practical defaults: see docs/training.md)
     c_eta: float = 1.2
     c_T: float = 1.0
     T: int = 0  # step budget; 0 takes it from the schedule
@@ -98,11 +97,10 @@ class TrialConfig:
         for key, raw in flat.items():
             if not isinstance(key, str):  # e.g. a YAML file with a number as a key
                 raise ValueError(f"{key!r}: keys are dotted strings such as model.m")
-            section, _, name = key.partition(".")
-            types_ = _field_types(section)
-            if types_ is None or name not in types_:
+            if key not in FIELD_TYPES:
                 raise ValueError(f"{key}: {unknown('key', key, FLAT_KEYS)}")
-            parts[section][name] = coerce(key, raw, types_[name])
+            section, _, name = key.partition(".")
+            parts[section][name] = coerce(key, raw, FIELD_TYPES[key])
         sections = {f.name: _SECTIONS[f.name](**parts[f.name]) for f in dataclasses.fields(cls)}
         return cls(**sections)
 
@@ -122,15 +120,11 @@ class TrialConfig:
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "seed": SeedConfig}
 
 
-@functools.cache  # get_type_hints is slow, and a sweep builds thousands of configs
-def _field_types(section: str) -> dict[str, Any] | None:
-    cls = _SECTIONS.get(section)
-    return None if cls is None else typing.get_type_hints(cls)
-
-
-FLAT_KEYS: tuple[str, ...] = tuple(
-    f"{s}.{name}" for s, cls in _SECTIONS.items() for name in typing.get_type_hints(cls)
-)
+# every flat key's field type ("data.N" -> int), in TrialConfig's order: what `coerce` converts values to
+FIELD_TYPES: dict[str, Any] = {
+    f"{s}.{name}": typ for s, cls in _SECTIONS.items() for name, typ in typing.get_type_hints(cls).items()
+}
+FLAT_KEYS: tuple[str, ...] = tuple(FIELD_TYPES)
 
 
 def did_you_mean(word: str, choices: typing.Iterable[str]) -> str | None:
@@ -220,20 +214,28 @@ def _require(ok: bool, key: str, message: str) -> None:
 
 def validate(cfg: TrialConfig) -> None:
     """Raise ValueError("<key>: <problem and what is allowed>") for the first bad field."""
-    mo, da, tr = cfg.model, cfg.data, cfg.train
     for key, value in cfg.to_flat().items():
         if isinstance(value, float):  # inf and nan pass comparisons below that they should fail
             _require(math.isfinite(value), key, f"must be finite, got {value}")
         elif isinstance(value, int) and abs(value) >= 2**63:  # torch holds no larger integer
             raise ValueError(f"{key}: must be below 2^63, got about 10^{len(str(abs(value))) - 1}")
+    _validate_model(cfg.model)
+    _validate_data(cfg.data)
+    _validate_train(cfg.train, cfg.data)
+
+
+def _one_of(value: str, choices: tuple[str, ...], key: str) -> None:
+    _require(value in choices, key, f"must be one of {choices}, got {value!r}")
+
+
+def _validate_model(mo: ModelConfig) -> None:
     _require(mo.m >= 1, "model.m", f"must be a positive integer, got {mo.m}")
     _require(mo.w_var > 0, "model.w_var", f"must be > 0, got {mo.w_var}")
-    _require(
-        mo.activation in ACTIVATIONS,
-        "model.activation",
-        f"must be one of {ACTIVATIONS}, got {mo.activation!r}",
-    )
-    _require(da.task in TASKS, "data.task", f"must be one of {TASKS}, got {da.task!r}")
+    _one_of(mo.activation, ACTIVATIONS, "model.activation")
+
+
+def _validate_data(da: DataConfig) -> None:
+    _one_of(da.task, TASKS, "data.task")
     _require(da.L >= 3, "data.L", f"must be >= 3 (labels live at positions 3..L), got {da.L}")
     _require(da.N >= 1, "data.N", f"must be >= 1, got {da.N}")
     _require(da.d_x >= 2, "data.d_x", f"must be >= 2 (one free coordinate plus the fixed 1/2), got {da.d_x}")
@@ -246,49 +248,40 @@ def validate(cfg: TrialConfig) -> None:
         except ValueError as e:
             raise ValueError(f"data.phi: {e}") from None
     if da.task == "lags":
-        _require(
-            len(da.lags) >= 1 and all(1 <= g <= da.L - 3 for g in da.lags),
-            "data.lags",
-            f"each lag must be in 1..L-3 = 1..{da.L - 3} so that some label sees it, got {da.lags}",
-        )
-        _require(
-            len(da.phi) in (1, len(da.lags)),
-            "data.phi",
-            f"give one Phi or one per lag ({len(da.lags)}), got {len(da.phi)}",
-        )
+        lags_ok = len(da.lags) >= 1 and all(1 <= g <= da.L - 3 for g in da.lags)
+        why = f"each lag must be in 1..L-3 = 1..{da.L - 3} so that some label sees it, got {da.lags}"
+        _require(lags_ok, "data.lags", why)
+        why = f"give one Phi or one per lag ({len(da.lags)}), got {len(da.phi)}"
+        _require(len(da.phi) in (1, len(da.lags)), "data.phi", why)
     else:
         _require(len(da.phi) == 1, "data.phi", f"task {da.task!r} takes one Phi, got {len(da.phi)}")
     _require(0 < da.eps_x <= 1, "data.eps_x", f"must be in (0, 1], got {da.eps_x}")
     _require(da.noise >= 0, "data.noise", f"must be >= 0, got {da.noise}")
     _require(da.n_test >= 1, "data.n_test", f"must be >= 1, got {da.n_test}")
-    _require(tr.loss in LOSSES, "train.loss", f"must be one of {LOSSES}, got {tr.loss!r}")
+
+
+def _validate_train(tr: TrainConfig, da: DataConfig) -> None:
+    _one_of(tr.loss, LOSSES, "train.loss")
     _require(tr.loss != "xent" or da.d >= 2, "train.loss", "xent (softmax cross-entropy) needs data.d >= 2")
-    _require(tr.schedule in SCHEDULES, "train.schedule", f"must be one of {SCHEDULES}, got {tr.schedule!r}")
-    _require(tr.eps > 0, "train.eps", f"must be > 0, got {tr.eps}")
-    for k in ("c_lambda", "c_eta", "c_T"):
+    _one_of(tr.schedule, SCHEDULES, "train.schedule")
+    for k in ("eps", "c_lambda", "c_eta", "c_T"):
         _require(getattr(tr, k) > 0, f"train.{k}", f"must be > 0, got {getattr(tr, k)}")
-    _require(
-        0 <= tr.T <= MAX_STEPS,
-        "train.T",
-        f"must be in [0, {MAX_STEPS:.0e}] (0: from the schedule), got {tr.T}",
-    )
+    _in_range(tr.T, 0, MAX_STEPS, "train.T", " (0: from the schedule)")
     _require(tr.batch >= 1, "train.batch", f"must be >= 1, got {tr.batch}")
-    _require(
-        1 <= tr.evals_per_decade <= MAX_EVALS_PER_DECADE,
-        "train.evals_per_decade",
-        f"must be in [1, {MAX_EVALS_PER_DECADE}], got {tr.evals_per_decade}",
-    )
+    _in_range(tr.evals_per_decade, 1, MAX_EVALS_PER_DECADE, "train.evals_per_decade")
     _require(0 <= tr.plateau_tol < 1, "train.plateau_tol", f"must be in [0, 1), got {tr.plateau_tol}")
-    _require(
-        0 <= tr.min_steps <= MAX_STEPS,
-        "train.min_steps",
-        f"must be in [0, {MAX_STEPS:.0e}], got {tr.min_steps}",
-    )
+    _in_range(tr.min_steps, 0, MAX_STEPS, "train.min_steps")
     _require(0 <= tr.stall_tol < 1, "train.stall_tol", f"must be in [0, 1), got {tr.stall_tol}")
     _require(tr.diverge_factor > 1, "train.diverge_factor", f"must be > 1, got {tr.diverge_factor}")
     _require(tr.probe >= 1, "train.probe", f"must be >= 1, got {tr.probe}")
     _require(tr.eta_probe >= 1, "train.eta_probe", f"must be >= 1, got {tr.eta_probe}")
-    _require(tr.device in DEVICES, "train.device", f"must be one of {DEVICES}, got {tr.device!r}")
+    _one_of(tr.device, DEVICES, "train.device")
+
+
+def _in_range(value: int, low: int, high: int, key: str, note: str = "") -> None:
+    """An integer in [low, high]; a high of MAX_STEPS is written 1e+12."""
+    top = f"{high:.0e}" if high == MAX_STEPS else str(high)
+    _require(low <= value <= high, key, f"must be in [{low}, {top}]{note}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -309,7 +302,7 @@ def schedule(cfg: TrialConfig, grad_sq: float | None = None) -> Schedule:
         step then lowers the loss of the sample it takes by about c_eta eps / L to first order: the
         function-space step keeps the theory's shape (proportional to eps, falling with L, flat in m, since
         grad_sq grows like lambda^2 m), and the measurement carries what a formula cannot: the loss sums
-        L - 2 positions and BPTT sums each over up to L earlier steps (docs/schedule.md).
+        L - 2 positions and BPTT sums each over up to L earlier steps (docs/training.md).
         T = c_T 2000 L / eps, a budget that the plateau rule usually ends first.
     The budget is never below train.min_steps (the plateau rule's own floor: at L = 3 the formula alone left
     runs that were still learning); an explicit train.T overrides the budget of either schedule.

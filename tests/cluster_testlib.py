@@ -102,8 +102,9 @@ def base_env(**extra: str) -> dict[str, str]:
 class Host:
     """One stand-in machine (see the module docstring). `run` executes a command inside it."""
 
-    def __init__(self, name: str, log: Path, net: bool = False, home: Path | None = None,
-                 tmp: Path | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, name: str, log: Path, net: bool = False, home: Path | None = None, tmp: Path | None = None
+    ) -> None:
         self.name, self.net = name, net
         setup = []
         for private, mountpoint in ((home, "/root"), (tmp, "/tmp")):
@@ -118,8 +119,17 @@ class Host:
         if net:
             setup.append("ip link set lo up")
         setup.append(f"exec {shlex.quote(sys.executable)} -c {shlex.quote(REAPER)}")
-        cmd = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *(["--net"] if net else []),
-               "bash", "-c", " && ".join(setup)]  # fmt: skip
+        cmd = [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child",
+            *(["--net"] if net else []),
+            "bash",
+            "-c",
+            " && ".join(setup),
+        ]
         self._log = open(log, "w")  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         self.pid = wait_for(f"host {name} to start", self._init_pid, timeout=30, every=0.1)
@@ -138,14 +148,17 @@ class Host:
         """The command prefix that runs a program inside this host."""
         return ["nsenter", "-t", str(self.pid), "-p", "-m", *(["-n"] if self.net else []), "--wd=/"]
 
-    def run(self, args: list[str], env: dict[str, str] | None = None, timeout: float = 120,
-            check: bool = True) -> subprocess.CompletedProcess:  # fmt: skip
+    def run(
+        self, args: list[str], env: dict[str, str] | None = None, timeout: float = 120, check: bool = True
+    ) -> subprocess.CompletedProcess:
         done = subprocess.run(
             [*self.enter(), *args], env=env, capture_output=True, text=True, timeout=timeout
         )
         if check and done.returncode != 0:
-            pytest.fail(f"on {self.name}: {shlex.join(args)} exited {done.returncode}:\n"
-                        f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")  # fmt: skip
+            pytest.fail(
+                f"on {self.name}: {shlex.join(args)} exited {done.returncode}:\n"
+                f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+            )
         return done
 
     def owns(self, pid: int) -> bool:

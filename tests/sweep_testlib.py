@@ -9,9 +9,14 @@ import yaml
 
 # tiny trials: a second or two each on one core, with a handful of evaluations
 TINY_BASE = {
-    "model.m": 32, "data.L": 4, "data.N": 64, "data.n_test": 128, "train.T": 600,
-    "train.evals_per_decade": 4, "train.probe": 16,
-}  # fmt: skip
+    "model.m": 32,
+    "data.L": 4,
+    "data.N": 64,
+    "data.n_test": 128,
+    "train.T": 600,
+    "train.evals_per_decade": 4,
+    "train.probe": 16,
+}
 
 
 def write_sweep(folder: Path, name: str, **fields: Any) -> Path:

@@ -61,9 +61,24 @@ class Cluster:
 
     def submit(self, job: str, *args: str) -> None:
         """`ray job submit --working-dir .` of `rnnsgd sweep ARGS`, from the repository, as a user would."""
-        cmd = ["ray", "job", "submit", "--address", f"http://127.0.0.1:{self.ports['dashboard']}",
-               "--working-dir", ".", "--submission-id", job, "--no-wait", "--",
-               "rnnsgd", "sweep", *args, "--storage", str(self.root / "storage")]  # fmt: skip
+        cmd = [
+            "ray",
+            "job",
+            "submit",
+            "--address",
+            f"http://127.0.0.1:{self.ports['dashboard']}",
+            "--working-dir",
+            ".",
+            "--submission-id",
+            job,
+            "--no-wait",
+            "--",
+            "rnnsgd",
+            "sweep",
+            *args,
+            "--storage",
+            str(self.root / "storage"),
+        ]
 
         def submitted():  # right after start-up the head's agent may not take jobs yet: "try again later"
             done = subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=120)
@@ -102,24 +117,50 @@ def cluster():
         hosts.append(worker)
 
         t0 = time.monotonic()
-        mlflow_env = {**env, "MLFLOW_DIR": str(root / "mlflow"), "MLFLOW_BACKEND": "postgres",
-                      "MLFLOW_PORT": str(ports["mlflow"]), "MLFLOW_PG_PORT": str(ports["pg"])}  # fmt: skip
+        mlflow_env = {
+            **env,
+            "MLFLOW_DIR": str(root / "mlflow"),
+            "MLFLOW_BACKEND": "postgres",
+            "MLFLOW_PORT": str(ports["mlflow"]),
+            "MLFLOW_PG_PORT": str(ports["pg"]),
+        }
         started = head.run(
             ["bash", str(REPO / "cluster/mlflow-server.sh"), "start"], env=mlflow_env, timeout=240
         )
         mlflow = started.stdout.split()[-1]
         assert mlflow == f"http://127.0.0.1:{ports['mlflow']}"
-        head.run(["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={ports['gcs']}",
-                  "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",
-                  "--include-dashboard=true", f"--ray-client-server-port={ports['client']}",
-                  f"--dashboard-agent-listen-port={ports['agent']}", "--num-cpus=1",
-                  f"--object-store-memory={OBJECT_STORE}", f"--temp-dir={root / 'ray-head'}",
-                  "--disable-usage-stats"],
-                 env={**env, "MLFLOW_TRACKING_URI": mlflow})  # fmt: skip
-        worker.run(["ray", "start", f"--address=127.0.0.1:{ports['gcs']}", "--num-cpus=1",
-                    f"--dashboard-agent-listen-port={ports['agent2']}",
-                    f"--object-store-memory={OBJECT_STORE}", f"--temp-dir={root / 'ray-worker'}",
-                    "--disable-usage-stats"], env=env)  # fmt: skip
+        head.run(
+            [
+                "ray",
+                "start",
+                "--head",
+                "--node-ip-address=127.0.0.1",
+                f"--port={ports['gcs']}",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={ports['dashboard']}",
+                "--include-dashboard=true",
+                f"--ray-client-server-port={ports['client']}",
+                f"--dashboard-agent-listen-port={ports['agent']}",
+                "--num-cpus=1",
+                f"--object-store-memory={OBJECT_STORE}",
+                f"--temp-dir={root / 'ray-head'}",
+                "--disable-usage-stats",
+            ],
+            env={**env, "MLFLOW_TRACKING_URI": mlflow},
+        )
+        worker.run(
+            [
+                "ray",
+                "start",
+                f"--address=127.0.0.1:{ports['gcs']}",
+                "--num-cpus=1",
+                f"--dashboard-agent-listen-port={ports['agent2']}",
+                f"--object-store-memory={OBJECT_STORE}",
+                f"--temp-dir={root / 'ray-worker'}",
+                "--disable-usage-stats",
+            ],
+            env=env,
+        )
         nodes = wait_for("two alive nodes", lambda: _nodes(ports["dashboard"], token, 2), timeout=90)
         print(f"\n[cluster] MLflow + PostgreSQL + 2 Ray nodes up in {time.monotonic() - t0:.0f} s")
         head_node = next(n["node_id"] for n in nodes if n["is_head_node"])
@@ -146,10 +187,14 @@ def test_smoke_sweep_runs_on_both_nodes_and_reaches_mlflow(cluster):
     cluster.wait("smoke")
     wall = time.monotonic() - t0
     runs = check_runs(cluster.mlflow, "cluster-smoke", sets)
-    per_node = {n: sum(r.data.tags["rnnsgd.node_id"] == n for r in runs.values())
-                for n in (cluster.head_node, cluster.worker_node)}  # fmt: skip
-    print(f"[cluster] smoke, {len(runs)} points in {wall:.0f} s (submit to done): "
-          f"head {per_node[cluster.head_node]}, worker {per_node[cluster.worker_node]}")  # fmt: skip
+    per_node = {
+        n: sum(r.data.tags["rnnsgd.node_id"] == n for r in runs.values())
+        for n in (cluster.head_node, cluster.worker_node)
+    }
+    print(
+        f"[cluster] smoke, {len(runs)} points in {wall:.0f} s (submit to done): "
+        f"head {per_node[cluster.head_node]}, worker {per_node[cluster.worker_node]}"
+    )
     assert all(per_node.values()), per_node  # trials ran on both nodes
     assert sum(per_node.values()) == len(runs)
     # the runs are in PostgreSQL: the server's database holds every one of them
@@ -167,9 +212,14 @@ def test_smoke_sweep_runs_on_both_nodes_and_reaches_mlflow(cluster):
 
 
 RAY_INTERNAL = (  # Ray's own processes: its servers, agents and workers
-    "/gcs_server", "/raylet", "ray::", "-m ray.util.client.server", "ray/autoscaler/_private/monitor.py",
-    "ray/dashboard/dashboard.py", "ray/_private/log_monitor.py",
-)  # fmt: skip
+    "/gcs_server",
+    "/raylet",
+    "ray::",
+    "-m ray.util.client.server",
+    "ray/autoscaler/_private/monitor.py",
+    "ray/dashboard/dashboard.py",
+    "ray/_private/log_monitor.py",
+)
 
 
 def test_nothing_listens_beyond_loopback_but_rays_own_ports_and_the_token_is_required(cluster):
@@ -198,8 +248,9 @@ def test_nothing_listens_beyond_loopback_but_rays_own_ports_and_the_token_is_req
     address = f"http://127.0.0.1:{dashboard}"
     no_token = {k: v for k, v in cluster.env.items() if not k.startswith("RAY_AUTH")}
     for env in (no_token, {**no_token, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}):
-        done = subprocess.run(["ray", "job", "list", "--address", address], env=env, capture_output=True,
-                              text=True, timeout=60)  # fmt: skip
+        done = subprocess.run(
+            ["ray", "job", "list", "--address", address], env=env, capture_output=True, text=True, timeout=60
+        )
         refused = re.search(r"\b40[13]\b|nauthori|orbidden|token authentication is enabled", done.stderr)
         assert done.returncode != 0 and refused, done.stderr[-2000:]
     # the GCS too: a driver without the token cannot join
@@ -213,7 +264,7 @@ def test_nothing_listens_beyond_loopback_but_rays_own_ports_and_the_token_is_req
 def test_worker_stopped_mid_sweep_its_trials_finish_on_the_head(cluster):
     """`ray stop` on the worker while it runs trials: they are retried on the head from their checkpoints,
     into the same runs; the sweep completes with one FINISHED run per point, nothing lost or duplicated."""
-    # 4 long points (no plateau before their budget), two packs of two: ~30 s each
+    # 4 long points (no plateau before their budget), two packs of two
     sets = (*SMALL, "name=cluster-kill", "data.L=[12]", "train.T=200000", "train.min_steps=200000")
     uri, c = cluster.mlflow, client(cluster.mlflow)
     t0 = time.monotonic()
@@ -222,8 +273,13 @@ def test_worker_stopped_mid_sweep_its_trials_finish_on_the_head(cluster):
     def worker_runs(*statuses: str) -> list:
         exp = c.get_experiment_by_name("cluster-kill")
         runs = c.search_runs([exp.experiment_id]) if exp is not None else []
-        return [r for r in runs if r.data.tags.get("rnnsgd.node_id") == cluster.worker_node
-                and r.info.status in statuses and "test/risk" in r.data.metrics]  # fmt: skip
+        return [
+            r
+            for r in runs
+            if r.data.tags.get("rnnsgd.node_id") == cluster.worker_node
+            and r.info.status in statuses
+            and "test/risk" in r.data.metrics
+        ]
 
     wait_for("a trial logging from the worker", lambda: worker_runs("RUNNING"), timeout=240, every=0.5)
     t_stop = time.monotonic()

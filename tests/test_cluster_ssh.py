@@ -72,8 +72,12 @@ def _ssh_machine(root: Path) -> tuple[Host, Path]:
     host.run(["mkdir", "-p", "/run/sshd"])
     host.run(["/usr/sbin/sshd", "-f", "/root/.sshd/sshd_config", "-E", "/root/.sshd/sshd.log"])
     log = home / ".sshd/sshd.log"
-    wait_for(lambda: f"sshd to listen: {log.read_text()[-2000:] if log.exists() else ''}",
-             lambda: "sshd" in host.run(["ss", "-ltnpH"]).stdout, timeout=30, every=0.2)  # fmt: skip
+    wait_for(
+        lambda: f"sshd to listen: {log.read_text()[-2000:] if log.exists() else ''}",
+        lambda: "sshd" in host.run(["ss", "-ltnpH"]).stdout,
+        timeout=30,
+        every=0.2,
+    )
     return host, key
 
 
@@ -97,8 +101,9 @@ def test_ray_up_submit_down_over_ssh_with_the_onprem_config():
         path.write_text(yaml.safe_dump(config, sort_keys=False))
 
         def ray(*args: str, timeout: float = 600) -> str:
-            done = subprocess.run(["ray", *args], cwd=REPO, env=client, capture_output=True, text=True,
-                                  timeout=timeout)  # fmt: skip
+            done = subprocess.run(
+                ["ray", *args], cwd=REPO, env=client, capture_output=True, text=True, timeout=timeout
+            )
             assert done.returncode == 0, (
                 f"ray {' '.join(args)}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
             )
@@ -122,10 +127,27 @@ def test_ray_up_submit_down_over_ssh_with_the_onprem_config():
 
         # watch and read results as a user does: an SSH tunnel to the head's MLflow, `rnnsgd status` there
         port = free_port()
-        tunnel = subprocess.Popen(["ssh", "-N", "-i", str(key), "-o", f"ProxyCommand={proxy}",
-                                   "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                                   "-o", "ExitOnForwardFailure=yes", "-L", f"127.0.0.1:{port}:127.0.0.1:5000",
-                                   "root@127.0.0.1"], env=client, stderr=subprocess.DEVNULL)  # fmt: skip
+        tunnel = subprocess.Popen(
+            [
+                "ssh",
+                "-N",
+                "-i",
+                str(key),
+                "-o",
+                f"ProxyCommand={proxy}",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-L",
+                f"127.0.0.1:{port}:127.0.0.1:5000",
+                "root@127.0.0.1",
+            ],
+            env=client,
+            stderr=subprocess.DEVNULL,
+        )
         uri = f"http://127.0.0.1:{port}"
         wait_for("the SSH tunnel to MLflow", lambda: _healthy(uri), timeout=60, every=0.5)
         runs = check_runs(uri, "onprem-smoke", sets)

@@ -27,15 +27,22 @@ def logged(store, tmp_path, monkeypatch) -> str:
     rows = pd.DataFrame(
         [
             {
-                "model.m": 32, "data.L": L, "data.N": N, "data.task": "lags", "data.lags": "1,2",
-                "data.phi": "z^2", "train.eps": 0.1, "seed.run": i % 2,
-                "test/rel_risk_tail": 0.3 + 0.01 * i, "test/risk": 1 / 3 + i,
+                "model.m": 32,
+                "data.L": L,
+                "data.N": N,
+                "data.task": "lags",
+                "data.lags": "1,2",
+                "data.phi": "z^2",
+                "train.eps": 0.1,
+                "seed.run": i % 2,
+                "test/rel_risk_tail": 0.3 + 0.01 * i,
+                "test/risk": 1 / 3 + i,
                 "lin/rel_err": math.nan if i == 2 else 1e-7 * i,
                 "outcome": "budget" if i == 5 else "completed",
             }
             for i, (L, N) in enumerate((L, N) for L in (5, 8) for N in (64, 128, 256))
         ]
-    )  # fmt: skip
+    )
     log_points(store["tracking_uri"], SWEEP, rows)
     return store["tracking_uri"]
 

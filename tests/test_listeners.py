@@ -128,8 +128,15 @@ class Sweep:
     def __init__(self, path: Path, tmp: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_", "RNNSGD_"))}
         env["PATH"] = f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}"
-        cmd = [str(BIN / "rnnsgd"), "sweep", str(path), "--tracking-uri", f"sqlite:///{tmp}/mlflow.db",
-               "--storage", str(tmp / "ray")]  # fmt: skip
+        cmd = [
+            str(BIN / "rnnsgd"),
+            "sweep",
+            str(path),
+            "--tracking-uri",
+            f"sqlite:///{tmp}/mlflow.db",
+            "--storage",
+            str(tmp / "ray"),
+        ]
         self.log_path = tmp / "sweep.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=self._log, stderr=subprocess.STDOUT)
@@ -153,13 +160,17 @@ class Sweep:
 
     def alive(self) -> dict[int, str]:
         """The processes seen that still run (same pid, same start time), the driver aside."""
-        return {pid: comm(pid) for pid, start in self.seen.items()
-                if pid != self.proc.pid and (st := stat(pid)) is not None and st[1] == start}  # fmt: skip
+        return {
+            pid: comm(pid)
+            for pid, start in self.seen.items()
+            if pid != self.proc.pid and (st := stat(pid)) is not None and st[1] == start
+        }
 
     def table(self) -> str:
-        return "\n".join(f"  {proto:5s} {shown(address) + ':' + str(port):>24s}  {name}"
-                         for (proto, address, port), name in sorted(self.listeners.items(),
-                                                                    key=lambda x: (x[1], x[0])))  # fmt: skip
+        return "\n".join(
+            f"  {proto:5s} {shown(address) + ':' + str(port):>24s}  {name}"
+            for (proto, address, port), name in sorted(self.listeners.items(), key=lambda x: (x[1], x[0]))
+        )
 
     def check_listeners(self) -> None:
         names = set(self.listeners.values())
@@ -246,8 +257,10 @@ def test_no_process_of_a_local_sweeps_ray_outlives_its_killed_driver(sweep):
     while s.alive() and time.monotonic() - killed < 60:
         time.sleep(0.1)
     took = time.monotonic() - killed
-    print(f"{len(left)} processes of the sweep's Ray at the kill ({sorted(set(left.values()))}); "
-          f"the last gone after {took:.2f} s")  # fmt: skip
+    print(
+        f"{len(left)} processes of the sweep's Ray at the kill ({sorted(set(left.values()))}); "
+        f"the last gone after {took:.2f} s"
+    )
     assert not s.alive(), f"alive 60 s after the driver's SIGKILL: {s.alive()}"
     assert took < SURVIVAL_S, f"the last process of the sweep's Ray outlived its driver by {took:.1f} s"
     assert_private(s.log_path.parent, "checkpoint.pt")  # written by the trials, in Ray's worker processes

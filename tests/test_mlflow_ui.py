@@ -69,8 +69,16 @@ def swept(ray_local, tmp_path_factory):
     if _browser_check().browser_missing() is None:
         port = _free_port()
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # GenAI jobs: 7 processes
-        cmd = [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri,
-               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+        cmd = [
+            str(Path(sys.executable).with_name("mlflow")),
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
         with open(tmp / "mlflow-ui.log", "w") as log:
             # a session of its own: `mlflow ui` runs uvicorn in a child process, ended with it (killpg)
             proc = subprocess.Popen(
@@ -196,8 +204,18 @@ def test_the_browser_shows_the_report_and_the_runs(swept, tmp_path):
             assert proc.poll() is None, swept["ui_log"].read_text()[-3000:]
             assert time.monotonic() < deadline, "mlflow ui did not answer in 180 s"
             time.sleep(0.5)
-    cmd = [sys.executable, str(SCRIPT), "--report", str(swept["report"] / "report.html"), "--mlflow", url,
-           "--experiment", NAME, "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--report",
+        str(swept["report"] / "report.html"),
+        "--mlflow",
+        url,
+        "--experiment",
+        NAME,
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout + done.stderr
     for shot in ("report", "mlflow_runs", "mlflow_charts", "mlflow_run", "mlflow_parent"):

@@ -19,7 +19,7 @@ from sweep_testlib import by_point, client, steps, sweep_runs, write_sweep
 from rnnsgd.sweep.runner import run_sweep
 from rnnsgd.sweep.spec import load_sweep
 
-pytestmark = pytest.mark.slow  # each test runs real sweeps: 20-40 s on 2 cores
+pytestmark = pytest.mark.slow  # each test runs real sweeps
 
 
 def start_driver(path: Path, uri: str, storage: str, ray_address: str, log) -> subprocess.Popen:
@@ -115,7 +115,7 @@ def test_a_corrupt_checkpoint_restarts_its_point_alone(ray_local, store, tmp_pat
     """A driver stopped mid-sweep (Ctrl+C), then one checkpoint truncated: the re-run restarts that point
     from step 0 in a new run (its old run ends FAILED naming the checkpoint), its pack-mate resumes from its
     own checkpoint in its own run, and every point ends with exactly one FINISHED run."""
-    # 2 points in one pack, long enough to be stopped mid-way (~10 s, no plateau before the budget), with
+    # 2 points in one pack, long enough to be stopped mid-way (no plateau before the budget), with
     # evaluations close enough that their metrics reach MLflow (every TrialRun.FLUSH_S) before that
     base = {"train.T": 200000, "train.min_steps": 200000, "train.evals_per_decade": 16}
     path = write_sweep(tmp_path, "corrupt", base=base, seeds=2, concurrency=1)

@@ -18,7 +18,7 @@ from sweep_testlib import assert_one_finished_per_point, steps, sweep_runs, writ
 from rnnsgd.sweep.runner import run_sweep
 from rnnsgd.sweep.spec import load_sweep
 
-pytestmark = pytest.mark.slow  # each test runs real sweeps: 20-60 s on 2 cores
+pytestmark = pytest.mark.slow  # each test runs real sweeps
 
 
 def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen, log) -> None:
@@ -43,10 +43,11 @@ def statuses(uri: str, name: str) -> list[str]:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
 def test_interrupted_driver_then_rerun(ray_local, store, tmp_path, sig):
     name = f"interrupt-{sig.name.lower()}"
-    # 4 points in 2 packs of 2 (one trial per core), each a short point (a second) and a long one (~10 s,
-    # no plateau before its budget): a point finishes while its pack goes on
-    path = write_sweep(tmp_path, name, base={"train.min_steps": 100000},
-                       grid={"data.N": [16, 32], "train.T": [2000, 100000]})  # fmt: skip
+    # 4 points in 2 packs of 2 (one trial per core), each a short point and a long one (no plateau
+    # before its budget): a point finishes while its pack goes on
+    path = write_sweep(
+        tmp_path, name, base={"train.min_steps": 100000}, grid={"data.N": [16, 32], "train.T": [2000, 100000]}
+    )
     sweep = load_sweep(path)
     uri = store["tracking_uri"]
     env = {**os.environ, "RAY_ADDRESS": ray_local}
@@ -64,8 +65,13 @@ def test_interrupted_driver_then_rerun(ray_local, store, tmp_path, sig):
     with open(tmp_path / "driver.log", "w+") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
         try:
-            wait_for(lambda: {"FINISHED", "RUNNING"} <= set(statuses(uri, name)), 240,
-                     "a finished point and a running one", proc, log)  # fmt: skip
+            wait_for(
+                lambda: {"FINISHED", "RUNNING"} <= set(statuses(uri, name)),
+                240,
+                "a finished point and a running one",
+                proc,
+                log,
+            )
             time.sleep(2)  # the running points get past their first checkpoints
             proc.send_signal(sig)
             rc = proc.wait(timeout=120)

@@ -110,8 +110,10 @@ def finals(uri: str, runs: dict) -> dict[str, dict[str, list[tuple[int, float]]]
     for pid, run in runs.items():
         keys = [k for k in run.data.metrics if not k.startswith("perf/")]
         history = {k: c.get_metric_history(run.info.run_id, k) for k in keys}
-        out[pid] = {k: sorted((m.step, "nan" if math.isnan(m.value) else m.value) for m in ms)
-                    for k, ms in history.items()}  # fmt: skip
+        out[pid] = {
+            k: sorted((m.step, "nan" if math.isnan(m.value) else m.value) for m in ms)
+            for k, ms in history.items()
+        }
     return out
 
 

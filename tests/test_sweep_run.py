@@ -12,19 +12,15 @@ from pathlib import Path
 import pytest
 from sweep_testlib import assert_one_finished_per_point, by_point, client, steps, sweep_runs, write_sweep
 
+from rnnsgd.metrics import LOGGED
 from rnnsgd.sweep.runner import run_sweep
 from rnnsgd.sweep.spec import load_sweep
 from rnnsgd.sweep.status import sweep_status
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DESIGN_METRICS = (
-    "train/risk", "test/risk", "test/excess_risk", "test/nrisk", "gen/gap", "test/risk_iter_avg", "opt",
-    "w/move_fro", "w/move_op", "w/rel_change", "w/spectral_radius", "w/spectral_norm", "act/flip_frac",
-    "lin/rel_err", "h/drift", "perf/steps_per_s",
-)  # fmt: skip
 DESIGN_TAGS = ("sweep", "point_id", "seed", "outcome", "git_sha", "device")
 
-pytestmark = pytest.mark.slow  # each test runs real sweeps: 20-60 s on 2 cores
+pytestmark = pytest.mark.slow  # each test runs real sweeps
 
 
 def test_smoke_sweep_end_to_end(ray_local, store):
@@ -51,7 +47,7 @@ def test_smoke_sweep_end_to_end(ray_local, store):
         assert run.data.tags["outcome"] in ("completed", "budget", "diverged")
         assert run.data.tags["device"] == "cpu"
         assert run.data.params["data.N"] == str(p.flat["data.N"]) and len(run.data.params) == len(p.flat)
-        missing = [k for k in DESIGN_METRICS if k not in run.data.metrics]
+        missing = [k for k in LOGGED if k not in run.data.metrics]
         assert not missing, missing
         history = steps(uri, run.info.run_id)
         assert history[0] == 0 and len(history) >= 4 and history == sorted(set(history))

@@ -32,7 +32,7 @@ def test_every_sweep_file_validates_and_expands(path, variant):
     assert sweep.points and len({p.point_id for p in sweep.points}) == len(sweep.points)
     assert sweep.name.startswith(path.stem)
     for p in sweep.points:
-        assert p.config().to_flat() == p.flat and point_id(p.flat) == p.point_id
+        assert p.config.to_flat() == p.flat and point_id(p.flat) == p.point_id
 
 
 def test_experiment_files_have_smoke_and_full_variants_with_gpu_hours():
@@ -49,11 +49,12 @@ def test_experiment_files_have_smoke_and_full_variants_with_gpu_hours():
 
 def test_grid_axes_log_ranges_zip_seeds_blocks():
     raw = {
-        "name": "t", "base": BASE,
+        "name": "t",
+        "base": BASE,
         "grid": {"data.N": {"log2": [4, 6]}, "train.eps": {"log10": [-2, -1], "step": 0.5}},
         "zip": [{"data.L": [4, 6], "train.T": [300, 400]}],
         "seeds": {"teacher": [0, 1], "run": 2},
-    }  # fmt: skip
+    }
     sweep = sweep_from_dict(raw, "t.yaml")
     assert len(sweep.points) == 3 * 3 * 2 * 2 * 2
     assert sorted({p.flat["data.N"] for p in sweep.points}) == [16, 32, 64]
@@ -68,8 +69,13 @@ def test_grid_axes_log_ranges_zip_seeds_blocks():
         "seed.run",
     ]
 
-    blocks = {"name": "b", "base": BASE, "grid": {"data.L": [4, 6]}, "seeds": 2,
-              "blocks": [{}, {"grid": {"data.L": [8]}, "seeds": 3}, {"base": {"model.m": 64}}]}  # fmt: skip
+    blocks = {
+        "name": "b",
+        "base": BASE,
+        "grid": {"data.L": [4, 6]},
+        "seeds": 2,
+        "blocks": [{}, {"grid": {"data.L": [8]}, "seeds": 3}, {"base": {"model.m": 64}}],
+    }
     sweep = sweep_from_dict(blocks, "b.yaml")
     assert len(sweep.points) == 4 + 3 + 4
     assert "model.m" in sweep.points[0].coords  # blocks set m apart: it names the points too
@@ -89,10 +95,15 @@ def test_point_ids_are_stable_and_shared_by_grown_grids():
 
 def test_variants_and_set_overrides():
     raw = {
-        "name": "v", "base": BASE, "grid": {"data.N": [16, 32]}, "default_variant": "smoke",
-        "variants": {"smoke": {"seeds": 1}, "full": {"grid": {"data.N": {"log2": [4, 8]}, "data.L": [4, 8]},
-                                                     "resources": {"gpu": 0.25}}},
-    }  # fmt: skip
+        "name": "v",
+        "base": BASE,
+        "grid": {"data.N": [16, 32]},
+        "default_variant": "smoke",
+        "variants": {
+            "smoke": {"seeds": 1},
+            "full": {"grid": {"data.N": {"log2": [4, 8]}, "data.L": [4, 8]}, "resources": {"gpu": 0.25}},
+        },
+    }
     smoke = sweep_from_dict(raw, "v.yaml")
     assert smoke.name == "v-smoke" and len(smoke.points) == 2
     full = sweep_from_dict(raw, "v.yaml", "full")
@@ -113,14 +124,16 @@ BAD = [  # (YAML that does not parse: HARDENING, whose messages carry the line a
     ({"name": "x", "grid": {"data.N": {"log2": [8, 4]}}}, "grid.data.N: log2: expected [low, high]"),
     ({"name": "x", "grid": {"data.L": [4, 2]}}, "data.L: must be >= 3"),  # the learner's own check
     ({"name": "x", "zip": [{"data.L": [4, 8], "data.N": [16]}]}, "zip[0]: the lists of one zip group"),
-    ({"name": "x", "resources": {"cpu": 1, "tpu": 1}},
-     "resources.tpu: unknown key; did you mean cpu or gpu?"),
+    (
+        {"name": "x", "resources": {"cpu": 1, "tpu": 1}},
+        "resources.tpu: unknown key; did you mean cpu or gpu?",
+    ),
     ({"name": "x", "resources": {"gpu": 1.5}}, "resources.gpu: expected a fraction"),
     ({"name": "x", "concurrency": 0}, "concurrency: expected a positive integer"),
     ({"name": "x bad"}, "name: required"),
     ({"name": "x", "variants": {"smoke": {"grid": {"data.N": "many"}}}}, "--variant: pick one of smoke"),
     ({"name": "x", "base": {"train.device": "cuda"}}, "train.device: cuda needs a GPU per trial"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("content,message", BAD, ids=[m.split(":")[0] for _, m in BAD])
@@ -139,8 +152,14 @@ def test_bad_sweep_files_exit_2_with_one_line_and_create_nothing(
 
 def test_a_value_the_learner_rejects_names_the_grid_point(tmp_path):
     with pytest.raises(SweepError, match=r"^b\.yaml: data\.phi: .*\(at grid point data\.task=lags"):
-        sweep_from_dict({"name": "b", "base": {**BASE, "data.L": 8, "data.phi": "z^2,z^3"},
-                         "grid": {"data.task": ["lags", "paper"]}}, "b.yaml")  # fmt: skip
+        sweep_from_dict(
+            {
+                "name": "b",
+                "base": {**BASE, "data.L": 8, "data.phi": "z^2,z^3"},
+                "grid": {"data.task": ["lags", "paper"]},
+            },
+            "b.yaml",
+        )
 
 
 def test_bad_set_and_variant_on_the_cli(tmp_path, capsys, monkeypatch):
@@ -185,11 +204,19 @@ def test_resources_this_machine_cannot_give_exit_2(tmp_path):
     path = tmp_path / "gpu.yaml"
     path.write_text(yaml.safe_dump({"name": "gpu", "base": BASE, "resources": {"cpu": 1, "gpu": 64}}))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    for res, message in [({"gpu": 64}, "resources.gpu: a trial asks for 64 GPU"),
-                         ({"cpu": 4096}, "resources.cpu: a trial asks for 4096 CPU")]:  # fmt: skip
+    for res, message in [
+        ({"gpu": 64}, "resources.gpu: a trial asks for 64 GPU"),
+        ({"cpu": 4096}, "resources.cpu: a trial asks for 4096 CPU"),
+    ]:
         path.write_text(yaml.safe_dump({"name": "res", "base": BASE, "resources": res}))
-        proc = subprocess.run([sys.executable, "-m", "rnnsgd.cli", "sweep", str(path)], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "rnnsgd.cli", "sweep", str(path)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 2, proc.stderr
         err = proc.stderr.strip()
         assert err.count("\n") == 0 and f"{path}: {message}" in err and "RAY_ADDRESS" in err, err
@@ -211,20 +238,29 @@ def test_status_of_a_sweep_that_never_ran_and_of_an_unknown_name(tmp_path, capsy
 
 HARDENING = [  # (file content, extra CLI arguments, the one line's tail after "rnnsgd sweep: error: ")
     ("name: a\nname: b\nbase: {model.m: 32}\n", [], "bad.yaml:2:1: not valid YAML: 'name' appears twice"),
-    ("name: a\ngrid:\n  data.L: [4]\n  data.L: [8]\n", [],
-     "bad.yaml:4:3: not valid YAML: 'data.L' appears twice"),
+    (
+        "name: a\ngrid:\n  data.L: [4]\n  data.L: [8]\n",
+        [],
+        "bad.yaml:4:3: not valid YAML: 'data.L' appears twice",
+    ),
     ("name: a\ngrid: [\n", [], "bad.yaml:3:1: not valid YAML: expected the node content"),
     ('name: "nl\\n"\n', [], "bad.yaml: name: required"),  # `$` would match before the newline
-    ("name: a\ngrid:\n  data.N: {range: [1, 1000]}\n  data.L: {range: [3, 1002]}\n", [],
-     "bad.yaml: grid: 1,000,000 points (1000 x 1000); a sweep holds at most 100,000"),
+    (
+        "name: a\ngrid:\n  data.N: {range: [1, 1000]}\n  data.L: {range: [3, 1002]}\n",
+        [],
+        "bad.yaml: grid: 1,000,000 points (1000 x 1000); a sweep holds at most 100,000",
+    ),
     ("name: a\ngrid:\n  data.N: {log2: [0, 1000]}\n", [], "bad.yaml: data.N: must be below 2^63"),
-    ("name: a\ngrid:\n  model.m: [32, 1000000]\n", ["--dry-run"],
-     "bad.yaml: model.m=1000000: one model of this config needs about 150 TiB, more than the"),
+    (
+        "name: a\ngrid:\n  model.m: [32, 1000000]\n",
+        ["--dry-run"],
+        "bad.yaml: model.m=1000000: one model of this config needs about 150 TiB, more than the",
+    ),
     ("name: a\nbase: {model.m: 1000000}\n", [], "bad.yaml: model.m=1000000: one model of this config needs"),
     ("name: a\nbase: {train.eps: .inf}\n", [], "bad.yaml: train.eps: must be finite, got inf"),
     ("name: a\n", ["--set", "tracking_uri="], "--set tracking_uri: empty value"),
     ("name: a\n", ["--tracking-uri="], "--tracking-uri: empty"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("content,args,message", HARDENING, ids=[m[:24] for *_, m in HARDENING])

@@ -9,13 +9,10 @@ checkpoint, so the history keeps one value per (run, metric, step): the last one
 from __future__ import annotations
 
 import pandas as pd
-from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from rnnsgd.config import FLAT_KEYS, TrialConfig
-
-# when one point has several runs, a finished run beats a killed or failed one, then the newest wins
-_STATUS_RANK = {"FINISHED": 0, "RUNNING": 1, "KILLED": 2, "FAILED": 3}
+from rnnsgd.sweep.tracking import STATUS_RANK, resolve_tracking_uri, search_all, store_exists
 
 
 class NoSuchSweep(ValueError):
@@ -26,28 +23,10 @@ def _client(tracking_uri: str | None) -> MlflowClient:
     """None: the store the CLI uses (MLFLOW_TRACKING_URI, else sqlite:///<cwd>/runs/mlflow.db, where a sweep
     run from this folder wrote), not MLflow's own default. A SQLite store that is not there is NoSuchSweep:
     a client would create it."""
-    from rnnsgd.sweep.tracking import resolve_tracking_uri, store_exists
-
     uri = tracking_uri or resolve_tracking_uri(None, None, "tracking_uri")[0]
     if not store_exists(uri):
         raise NoSuchSweep(f"no tracking store at {uri}")
     return MlflowClient(tracking_uri=uri)
-
-
-def _search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            [experiment_id],
-            filter_string=filter_string,
-            run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=1000,
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 def load_runs(sweep: str, tracking_uri: str | None = None) -> pd.DataFrame:
@@ -62,7 +41,7 @@ def load_runs(sweep: str, tracking_uri: str | None = None) -> pd.DataFrame:
     exp = client.get_experiment_by_name(sweep)
     if exp is None:
         raise NoSuchSweep(f"sweep {sweep!r}: no MLflow experiment of that name at {client.tracking_uri}")
-    runs = _search_all(client, exp.experiment_id, f"tags.sweep = '{sweep}' and tags.point_id != ''")
+    runs = search_all(client, exp.experiment_id, f"tags.sweep = '{sweep}' and tags.point_id != ''")
     if not runs:
         raise NoSuchSweep(f"sweep {sweep!r}: the experiment has no point runs yet at {client.tracking_uri}")
     rows = []
@@ -80,7 +59,8 @@ def load_runs(sweep: str, tracking_uri: str | None = None) -> pd.DataFrame:
         )
         rows.append(row)
     df = pd.DataFrame(rows)
-    df["_rank"] = df["status"].map(_STATUS_RANK).fillna(9)
+    # when one point has several runs, a finished run beats a killed or failed one, then the newest wins
+    df["_rank"] = df["status"].map(STATUS_RANK).fillna(9)
     df = df.sort_values(["_rank", "start_time"], ascending=[True, False]).drop_duplicates("point_id")
     return df.drop(columns="_rank").sort_values(list(_sort_keys(df))).reset_index(drop=True)
 

@@ -2,6 +2,7 @@
 
     spec.py      sweep-file schema, validation, variants, `--set` overrides, grid expansion, point ids
     tracking.py  every MLflow call: experiment, parent run, child runs, statuses, batched metrics
+    jobs.py      what the driver hands its trials: TrialContext (shared settings) and Job (a point, its run)
     trial.py     the function one Ray Tune trial runs: checkpoints, re-attach, device
     packing.py   which points share a trial (packs of one shape, balanced over the trial slots)
     faults.py    RNNSGD_FAULT, the fault injection the tests use

@@ -57,8 +57,9 @@ def check_free_space(
     needs: list[tuple[str, str, int, str]] = []  # (where, path, bytes, what)
     if "://" not in storage and points:
         folder = Path(storage) / sweep / "points"
-        total = sum(max(0, checkpoint_bytes(p.config()) - _size(folder / p.point_id / CHECKPOINT))
-                    for p in points)  # fmt: skip
+        total = sum(
+            max(0, checkpoint_bytes(p.config) - _size(folder / p.point_id / CHECKPOINT)) for p in points
+        )
         needs.append((storage_where, storage, total, f"the checkpoints of the {len(points)} points to run"))
     if store is not None:
         needs.append((store_where, str(Path(store).parent), NEW_STORE_BYTES, "a new MLflow store"))
@@ -76,8 +77,10 @@ def check_free_space(
             paths = list(dict.fromkeys(n[1] for n in group))
             has = f"{paths[0]} has" if len(paths) == 1 else f"{' and '.join(paths)} share a filesystem with"
             what = " and ".join(n[3] for n in group)
-            raise SweepError(f"{where}: {has} {megabytes(free[dev])} free, less than the "
-                             f"{megabytes(want)} that {what} take at the least")  # fmt: skip
+            raise SweepError(
+                f"{where}: {has} {megabytes(free[dev])} free, less than the "
+                f"{megabytes(want)} that {what} take at the least"
+            )
 
 
 def _size(path: Path) -> int:

@@ -2,15 +2,21 @@
 
     RNNSGD_FAULT="raise@<point_id prefix>:<step>,kill@<point_id prefix>:<step>"
 
-`raise` raises at the first evaluation at or after <step>; `kill` SIGKILLs the trial's own process there
-(after that evaluation's checkpoint), on a fresh start only, so that the retry from the checkpoint gets
-through. A prefix of `*` matches every point. Apart from rnnsgd.sweep.trial: the driver checks the variable
-before anything starts, without importing torch.
+`raise` raises in the learner's first evaluation at or after <step> (an error of that point alone); `kill`
+SIGKILLs the trial's own process there (after that evaluation's checkpoint), on a fresh start only, so that
+the retry from the checkpoint gets through. A prefix of `*` matches every point. Apart from
+rnnsgd.sweep.trial: the driver checks the variable before anything starts, without importing torch.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+KINDS = ("raise", "kill")
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,29 @@ def parse_faults(spec: str | None) -> list[Fault]:
             continue
         kind, _, rest = item.strip().partition("@")
         prefix, _, step = rest.rpartition(":")
-        if kind not in ("raise", "kill") or not prefix or not step.isdigit():
+        if kind not in KINDS or not prefix or not step.isdigit():
             raise ValueError(f"RNNSGD_FAULT: expected raise|kill@<point_id prefix>:<step>, got {item!r}")
         faults.append(Fault(kind, prefix, int(step)))
     return faults
+
+
+def arm_raise(trainer: Any, faults: Sequence[Fault]) -> None:
+    """Make the trainer's evaluations raise from the first at or after a `raise` fault's step: inside the
+    learner, where a packed run drops that point alone (rnnsgd.packed, isolate_errors)."""
+    raises = sorted((f for f in faults if f.kind == "raise"), key=lambda f: f.step)
+    if not raises:
+        return
+    evaluate, fault = trainer.evaluate, raises[0]
+
+    def evaluate_or_raise(*args: Any, **kwargs: Any) -> Any:
+        if trainer.step >= fault.step:
+            raise RuntimeError(f"injected fault (RNNSGD_FAULT raise@{fault.prefix}:{fault.step})")
+        return evaluate(*args, **kwargs)
+
+    trainer.evaluate = evaluate_or_raise
+
+
+def kill_after_checkpoint(faults: Sequence[Fault], step: int, fresh: bool) -> None:
+    """SIGKILL this process at an evaluation at or after a `kill` fault's step, on a fresh start only."""
+    if fresh and any(f.kind == "kill" and step >= f.step for f in faults):
+        os.kill(os.getpid(), signal.SIGKILL)

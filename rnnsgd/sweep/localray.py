@@ -101,11 +101,14 @@ def start_local_ray(logging_config) -> None:
     token_log.addFilter(_quiet_token_notice)
     try:
         ray.init(
-            address="local", include_dashboard=dashboard, object_store_memory=256 * 1024**2,
-            logging_level=logging.WARNING, logging_config=logging_config,
+            address="local",
+            include_dashboard=dashboard,
+            object_store_memory=256 * 1024**2,
+            logging_level=logging.WARNING,
+            logging_config=logging_config,
             # no Prometheus endpoint in the dashboard agent (and no metrics sent to it) unless asked
             _system_config=None if dashboard else {"enable_metrics_collection": False},
-        )  # fmt: skip
+        )
     finally:
         token_log.removeFilter(_quiet_token_notice)
         if saved[0] is None:
@@ -129,16 +132,22 @@ def start_watchdog() -> None:
     import ray
 
     node = getattr(ray._private.worker, "_global_node", None)
-    roots = [info.process.pid for infos in getattr(node, "all_processes", {}).values() for info in infos
-             if getattr(info, "process", None) is not None]  # fmt: skip
+    roots = [
+        info.process.pid
+        for infos in getattr(node, "all_processes", {}).values()
+        for info in infos
+        if getattr(info, "process", None) is not None
+    ]
     if not roots:
         return
     # its own session: Ctrl+C and a closed terminal reach the driver (which stops Ray itself), not it
     _watchdog = subprocess.Popen(
         [sys.executable, "-I", os.path.abspath(__file__), "--watch", str(os.getpid()), *map(str, roots)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
-    )  # fmt: skip
+    )
 
 
 # ---------------------------------------------------------------------------------------------- watchdog

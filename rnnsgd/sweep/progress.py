@@ -14,19 +14,20 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
-from rnnsgd.console import plural
-
-
-def _duration(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+from rnnsgd.console import duration, plural
 
 
 class Progress(Callback):
     def __init__(
-        self, name: str, total: int, done_before: int, labels: list[str], sizes: list[int],
-        stream: TextIO | None = None, interval: float | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        name: str,
+        total: int,
+        done_before: int,
+        labels: list[str],
+        sizes: list[int],
+        stream: TextIO | None = None,
+        interval: float | None = None,
+    ) -> None:
         self.name, self.total, self.done_before = name, total, done_before
         self.labels, self.sizes = labels, sizes  # per pack (trial config "i")
         self.ended: dict[int, tuple[int, int]] = {}  # pack -> (points done, points failed)
@@ -54,11 +55,11 @@ class Progress(Callback):
         done = self.done_before + self.done_here
         remaining = self.total - done - self.failed
         if self.done_here and remaining > 0:
-            eta = _duration(remaining * (time.monotonic() - self.t0) / self.done_here)
+            eta = duration(remaining * (time.monotonic() - self.t0) / self.done_here)
         else:
             eta = "-" if remaining == 0 else "?"
         extra = f", {self.retries} retried" if self.retries else ""
-        elapsed = _duration(time.monotonic() - self.t0)
+        elapsed = duration(time.monotonic() - self.t0)
         running = plural(len(self.running), "trial")
         counts = f"{done}/{self.total} done, {running} running, {self.failed} failed{extra}"
         return f"[{self.name}] {counts}, elapsed {elapsed}, ETA {eta}"
@@ -116,7 +117,7 @@ class Progress(Callback):
             return
         done, failed = self.ended.get(trial.config["i"], (0, 0))
         what = result_line(done, failed, self.sizes[trial.config["i"]])
-        self.show(force=True, note=f"  {self._label(trial)}: {what} in {_duration(result['train_s'])}")
+        self.show(force=True, note=f"  {self._label(trial)}: {what} in {duration(result['train_s'])}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.discard(trial.trial_id)
@@ -133,3 +134,21 @@ def result_line(done: int, failed: int, size: int) -> str:
     if size == 1:
         return "failed" if failed else "done"
     return f"{done} done" + (f", {failed} failed" if failed else "")
+
+
+class Outcomes(Callback):
+    """What the trials end with, into `ran` (runner.TuneRun): their training time, and the error of each pack
+    whose trial failed after its retries (None where Tune could not record it)."""
+
+    def __init__(self, ran: Any) -> None:
+        self.ran = ran
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ran.train_s += float((trial.last_result or {}).get("train_s", 0.0))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        try:  # Tune has just written it to the trial's folder, if it could
+            error = trial.get_pickled_error() or trial.get_error()
+        except Exception:
+            error = None
+        self.ran.errors[trial.config["i"]] = str(error) if error else None

@@ -29,7 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from rnnsgd.config import TrialConfig, format_value, schedule
 from rnnsgd.console import plural
@@ -41,14 +41,18 @@ from rnnsgd.sweep.diskspace import (
     megabytes,
     says_disk_full,
 )
-from rnnsgd.sweep.faults import parse_faults
+from rnnsgd.sweep.faults import Fault, parse_faults
+from rnnsgd.sweep.jobs import Job, TrialContext
 from rnnsgd.sweep.localray import connect_ray
 from rnnsgd.sweep.spec import Point, Sweep, SweepError
 from rnnsgd.sweep.tracking import (
+    STATUS_STATE,
     SweepTracker,
     TrialRun,
     check_reachable,
+    error_tag,
     experiment_url,
+    parent_status,
     point_state,
     resolve_tracking_uri,
     store_exists,
@@ -109,8 +113,9 @@ def git_sha() -> str:
         sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
             return "unknown"
-        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5)  # fmt: skip
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5
+        )
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -141,9 +146,9 @@ def _refuse_big_points(sweep: Sweep, limit: int, what: str) -> None:
 
     if not sweep.points:
         return
-    biggest = max(sweep.points, key=lambda p: estimate_bytes(p.config(), 1))
+    biggest = max(sweep.points, key=lambda p: estimate_bytes(p.config, 1))
     try:
-        check_fits(biggest.config(), limit, what)
+        check_fits(biggest.config, limit, what)
     except ValueError as e:
         at = f" (at grid point {biggest.label()})" if biggest.coords else ""
         raise SweepError(f"{sweep.source}: {e}{at}") from None
@@ -173,10 +178,14 @@ def _refuse_unless_fits(sweep: Sweep, nodes: list[dict[str, float]]) -> None:
         return
     have_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
     have_gpu = max((n.get("GPU", 0) for n in nodes), default=0)
-    key, want, have, unit = ("resources.gpu", gpu, have_gpu, "GPU") if gpu > have_gpu else (
-        "resources.cpu", cpu, have_cpu, "CPU")  # fmt: skip
-    raise SweepError(f"{sweep.source}: {key}: a trial asks for {want:g} {unit} but this machine has {have:g} "
-                     "(no cluster is attached: set RAY_ADDRESS to run on one)")  # fmt: skip
+    if gpu > have_gpu:
+        key, want, have, unit = "resources.gpu", gpu, have_gpu, "GPU"
+    else:
+        key, want, have, unit = "resources.cpu", cpu, have_cpu, "CPU"
+    raise SweepError(
+        f"{sweep.source}: {key}: a trial asks for {want:g} {unit} but this machine has {have:g} "
+        "(no cluster is attached: set RAY_ADDRESS to run on one)"
+    )
 
 
 def local_budget(sweep: Sweep) -> int | None:
@@ -200,7 +209,7 @@ def check_pack_size(sweep: Sweep) -> None:
 
     budget = local_budget(sweep)
     if budget is not None:
-        cfgs = [p.config() for p in sweep.points]
+        cfgs = [p.config for p in sweep.points]
         try:
             plan(cfgs, [1.0] * len(cfgs), sweep.pack, 1, budget)
         except SweepError as e:
@@ -221,8 +230,10 @@ def check_cluster_resources(sweep: Sweep, out: TextIO) -> int:
     if not fits:
         if not os.environ.get("RAY_ADDRESS"):
             _refuse_unless_fits(sweep, nodes)
-        out.write(f"[{sweep.name}] no node of the cluster has {cpu:g} CPU and {gpu:g} GPU for a trial yet: "
-                  "the trials wait until the autoscaler adds one (Ctrl+C to stop)\n")  # fmt: skip
+        out.write(
+            f"[{sweep.name}] no node of the cluster has {cpu:g} CPU and {gpu:g} GPU for a trial yet: "
+            "the trials wait until the autoscaler adds one (Ctrl+C to stop)\n"
+        )
         return sweep.concurrency or 1
     return trial_slots(sweep, fits)
 
@@ -242,15 +253,11 @@ def run_sweep(
     t0 = time.perf_counter()
     uri, where = resolve_tracking_uri(tracking_uri, sweep.tracking_uri, sweep.source)
     check_reachable(uri, where)
-    fault = os.environ.get("RNNSGD_FAULT")
     try:
-        parse_faults(fault)
+        faults = tuple(parse_faults(os.environ.get("RNNSGD_FAULT")))
     except ValueError as e:
         raise SweepError(str(e)) from None
-    storage_where = "--storage" if storage else f"{sweep.source}: storage" if sweep.storage else "storage"
-    storage = storage or sweep.storage or default_storage()
-    if "://" not in storage:
-        storage = str(Path(storage).resolve())
+    storage, storage_where = _storage(sweep, storage)
     check_local_resources(sweep)
     check_pack_size(sweep)
     tracker = SweepTracker(uri) if store_exists(uri) else None
@@ -259,15 +266,35 @@ def run_sweep(
     to_run = _to_run(tracker, sweep) if tracker is not None else list(sweep.points)
     if not to_run:  # a finished sweep run again: say so without starting Ray
         out.write(f"[{sweep.name}] all {len(sweep.points)} points are done: nothing to run\n")
-        done = _already_done(tracker, sweep)
-        done.wall_s = time.perf_counter() - t0
-        return done
-    new_store = uri[len("sqlite:///") :] if tracker is None and uri.startswith("sqlite:///") else None
-    check_free_space(sweep.name, to_run, storage, storage_where, new_store, where)
+        report = _already_done(tracker, sweep)
+    else:
+        new_store = uri[len("sqlite:///") :] if tracker is None and uri.startswith("sqlite:///") else None
+        check_free_space(sweep.name, to_run, storage, storage_where, new_store, where)
+        report = _with_ray(sweep, tracker, uri, storage, faults, out)
+    report.wall_s = time.perf_counter() - t0
+    return report
+
+
+def _storage(sweep: Sweep, storage: str | None) -> tuple[str, str]:
+    """(the checkpoints' storage, absolute where a path, and where it came from): --storage, else the sweep
+    file's, else the default."""
+    where = "--storage" if storage else f"{sweep.source}: storage" if sweep.storage else "storage"
+    storage = storage or sweep.storage or default_storage()
+    return (storage if "://" in storage else str(Path(storage).resolve())), where
+
+
+def _with_ray(
+    sweep: Sweep,
+    tracker: SweepTracker | None,
+    uri: str,
+    storage: str,
+    faults: tuple[Fault, ...],
+    out: TextIO,
+) -> SweepReport:
+    """Join or start Ray, open the sweep in MLflow (beside Ray's start: torch's import, a second the plan
+    needs, and MLflow's store, migrations on a new SQLite file), then drive the trials."""
 
     def prepare() -> SweepTracker:
-        """Beside Ray's start: torch's import (a second; the plan needs it) and MLflow's store (migrations,
-        on a new SQLite file)."""
         import torch  # noqa: F401
 
         return tracker or SweepTracker(uri)
@@ -276,32 +303,43 @@ def run_sweep(
         tracker_future = pool.submit(prepare)
         started_ray = connect_ray()
         try:
-            tracker = tracker_future.result()
+            opened = tracker_future.result()
             concurrency = check_cluster_resources(sweep, out)
-            sha = git_sha()
-            try:
-                with tracker.lock():  # a driver started at the same time then finds this one's parent RUNNING
-                    experiment_id = tracker.experiment(sweep.name)
-                    tags = {"git_sha": sha, "rnnsgd.source": sweep.source}
-                    parent_id = tracker.open_parent(experiment_id, sweep, tags)
-            except SweepError as e:  # a deleted experiment, or another live driver on this sweep
-                raise SweepError(f"{sweep.source}: {e}") from None
+            ctx = _open_sweep(sweep, opened, storage, faults)
             # ---- from here on runs exist: no more bad input, only outcomes
-            ctx = {
-                "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_id,
-                "sweep": sweep.name, "git_sha": sha, "fault": fault, "storage": storage,
-                "checkpoint_every_s": sweep.checkpoint_every_s, "cpu": sweep.resources.cpu,
-                "gpu": sweep.resources.gpu, "memory_fraction": sweep.pack.memory_fraction,
-                "planned_ms": int(time.time() * 1000), "umask": _umask(),
-            }  # fmt: skip
-            report = _drive(sweep, tracker, ctx, concurrency, out)
+            return _drive(sweep, opened, ctx, concurrency, out)
         finally:
             if started_ray:
                 import ray
 
                 ray.shutdown()
-    report.wall_s = time.perf_counter() - t0
-    return report
+
+
+def _open_sweep(sweep: Sweep, tracker: SweepTracker, storage: str, faults: tuple[Fault, ...]) -> TrialContext:
+    """The sweep's experiment and parent run (under the store's lock: a driver started at the same time then
+    finds this one's parent RUNNING), and what its trials share."""
+    sha = git_sha()
+    try:
+        with tracker.lock():
+            experiment_id = tracker.experiment(sweep.name)
+            tags = {"git_sha": sha, "rnnsgd.source": sweep.source}
+            parent_id = tracker.open_parent(experiment_id, sweep, tags)
+    except SweepError as e:  # a deleted experiment, or another live driver on this sweep
+        raise SweepError(f"{sweep.source}: {e}") from None
+    return TrialContext(
+        tracking_uri=tracker.uri,
+        experiment_id=experiment_id,
+        parent_run_id=parent_id,
+        sweep=sweep.name,
+        git_sha=sha,
+        faults=faults,
+        storage=storage,
+        checkpoint_every_s=sweep.checkpoint_every_s,
+        resources=sweep.resources,
+        pack=sweep.pack,
+        planned_ms=int(time.time() * 1000),
+        umask=_umask(),
+    )
 
 
 def _umask() -> int:
@@ -322,42 +360,28 @@ class TuneRun:
     raised: str | None = None
 
 
+@dataclass
+class Plan:
+    """What the driver set out to run: the points' jobs, grouped into packs (one trial each), and how many
+    points were done before; `ran` fills in as the Tuner runs."""
+
+    jobs: list[Job] = field(default_factory=list)
+    packs: list[list[Job]] = field(default_factory=list)
+    done_before: int = 0
+    ran: TuneRun = field(default_factory=TuneRun)
+
+
 def _drive(
-    sweep: Sweep, tracker: SweepTracker, ctx: dict[str, Any], concurrency: int, out: TextIO
+    sweep: Sweep, tracker: SweepTracker, ctx: TrialContext, concurrency: int, out: TextIO
 ) -> SweepReport:
     """Plan, tune, close up; the close-up runs however the rest ends (a fault, Ctrl+C, an error), so that no
     run the driver opened stays RUNNING, as far as MLflow can still be written."""
-    experiment_id, parent_id = ctx["experiment_id"], ctx["parent_run_id"]
-    plan: dict[str, Any] = {"jobs": [], "packs": [], "done_before": 0, "ran": TuneRun()}
+    plan = Plan()
     try:
-        children = tracker.children(experiment_id, parent_id)
-        for runs in children.values():  # no other live driver holds this sweep (open_parent checked): orphans
-            for r in runs:
-                if r.status == "RUNNING":
-                    tracker.mark_killed(r.run_id, "its driver stopped without closing it")
-        children = tracker.children(experiment_id, parent_id)
-
-        jobs: list[dict[str, Any]] = []
-        for p in sweep.points:
-            state, run = point_state(children.get(p.point_id, []))
-            if state != "done":
-                run_id = run.run_id if run is not None and state != "failed" else None  # failed: a new run
-                jobs.append({"point": p, "run_id": run_id})
-        total, done_before = len(sweep.points), len(sweep.points) - len(jobs)
-        reattached = sum(1 for j in jobs if j["run_id"])
-        packs = [[jobs[i] for i in p] for p in pack_points(sweep, [j["point"] for j in jobs], concurrency)]
-        plan.update(jobs=jobs, packs=packs, done_before=done_before)
-        in_packs = f" in {len(packs)} trial{'s' * (len(packs) > 1)}" if len(packs) != len(jobs) else ""
-        each = f"{sweep.resources.cpu:g} CPU {sweep.resources.gpu:g} GPU each"
-        out.write(
-            f"[{sweep.name}] {plural(total, 'point')}: {done_before} done before, "
-            f"{len(jobs)} to run{in_packs}"
-            + (f" ({reattached} re-attached to their interrupted runs)" if reattached else "")
-            + f"; {plural(concurrency, 'trial')} at a time, {each}\n"
-        )
-        out.flush()
-        if packs:
-            _tune(sweep, packs, ctx, concurrency, done_before, out, plan["ran"])
+        _plan(sweep, tracker, ctx, concurrency, plan)
+        _say_plan(sweep, plan, concurrency, out)
+        if plan.packs:
+            _tune(sweep, plan, ctx, concurrency, out)
     except KeyboardInterrupt:
         _close(sweep, tracker, ctx, plan, concurrency, out, stopped="the driver was interrupted")
         raise
@@ -367,107 +391,166 @@ def _drive(
     return _close(sweep, tracker, ctx, plan, concurrency, out)
 
 
+def _plan(sweep: Sweep, tracker: SweepTracker, ctx: TrialContext, concurrency: int, plan: Plan) -> None:
+    """Mark the orphans (runs left RUNNING by a killed driver: no other live driver holds this sweep,
+    open_parent checked) KILLED, then plan the points that are not done: an interrupted one re-attaches
+    to its run, a failed one gets a new run. Fills `plan` as it goes: the close-up reads what it got to."""
+    children = tracker.children(ctx.experiment_id, ctx.parent_run_id)
+    for runs in children.values():
+        for r in runs:
+            if STATUS_STATE.get(r.status) == "running":
+                tracker.mark_killed(r.run_id, "its driver stopped without closing it")
+    children = tracker.children(ctx.experiment_id, ctx.parent_run_id)
+    for p in sweep.points:
+        state, run = point_state(children.get(p.point_id, []))
+        if state != "done":
+            plan.jobs.append(Job(p, run.run_id if run is not None and state != "failed" else None))
+    plan.done_before = len(sweep.points) - len(plan.jobs)
+    indices = pack_points(sweep, [j.point for j in plan.jobs], concurrency)
+    plan.packs = [[plan.jobs[i] for i in pack] for pack in indices]
+
+
+def _say_plan(sweep: Sweep, plan: Plan, concurrency: int, out: TextIO) -> None:
+    jobs, packs = plan.jobs, plan.packs
+    reattached = sum(1 for j in jobs if j.run_id)
+    in_packs = f" in {len(packs)} trial{'s' * (len(packs) > 1)}" if len(packs) != len(jobs) else ""
+    each = f"{sweep.resources.cpu:g} CPU {sweep.resources.gpu:g} GPU each"
+    out.write(
+        f"[{sweep.name}] {plural(len(sweep.points), 'point')}: {plan.done_before} done before, "
+        f"{len(jobs)} to run{in_packs}"
+        + (f" ({reattached} re-attached to their interrupted runs)" if reattached else "")
+        + f"; {plural(concurrency, 'trial')} at a time, {each}\n"
+    )
+    out.flush()
+
+
 def _short(e: BaseException) -> str:
     """An exception in one line: its type and the first line of its message."""
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
 
 
-def _disk_fault(sweep: Sweep, ctx: dict[str, Any], ran: TuneRun) -> str | None:
+def _disk_fault(sweep: Sweep, ctx: TrialContext, ran: TuneRun) -> str | None:
     """'no space left on device in <folder>' when trials failed or Tune raised and the storage's or the SQLite
     store's filesystem has not even room for a checkpoint left (or their errors say so)."""
     if not ran.errors and not ran.raised:
         return None
-    folders = [ctx["storage"]]
-    if ctx["tracking_uri"].startswith("sqlite:///"):
-        folders.append(str(Path(ctx["tracking_uri"][len("sqlite:///") :]).parent))
+    folders = [ctx.storage]
+    if ctx.tracking_uri.startswith("sqlite:///"):
+        folders.append(str(Path(ctx.tracking_uri[len("sqlite:///") :]).parent))
     # a failed save removes its partial file: what is left free is less than a whole checkpoint, which
     # holds a few more m x m matrices than the least that checkpoint_bytes counts
-    need = max(1 << 20, 4 * max(checkpoint_bytes(p.config()) for p in sweep.points))
+    need = max(1 << 20, 4 * max(checkpoint_bytes(p.config) for p in sweep.points))
     full = full_folders(folders, need)
     if full:
-        return "no space left on device in " + ", ".join(f"{f} ({megabytes(free_bytes(f))} free)"
-                                                           for f in full)  # fmt: skip
+        return "no space left on device in " + ", ".join(
+            f"{f} ({megabytes(free_bytes(f))} free)" for f in full
+        )
     if any(says_disk_full(t) for t in [*filter(None, ran.errors.values()), ran.raised or ""]):
-        return f"no space left on device (in the storage {ctx['storage']} or the MLflow store)"
+        return f"no space left on device (in the storage {ctx.storage} or the MLflow store)"
     return None
+
+
+class _Writes:
+    """MLflow writes on the way out: each one tried, the failures kept (`failed`) for the report's fault."""
+
+    def __init__(self) -> None:
+        self.failed: list[str] = []
+
+    def __call__(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception as e:
+            self.failed.append(_short(e))
+
+    def fault(self, uri: str) -> str | None:
+        if not self.failed:
+            return None
+        n = len(self.failed)
+        return (
+            f"{n} write{'s' * (n > 1)} to MLflow at {uri} failed ({self.failed[0]}): runs it could not close "
+            "stay RUNNING until the next run of this sweep marks them KILLED"
+        )
 
 
 def _close(
     sweep: Sweep,
     tracker: SweepTracker,
-    ctx: dict[str, Any],
-    plan: dict[str, Any],
+    ctx: TrialContext,
+    plan: Plan,
     concurrency: int,
     out: TextIO,
     stopped: str | None = None,
     error: str | None = None,
 ) -> SweepReport:
     """Close up: points whose trials Tune gave up on end FAILED, runs left RUNNING end KILLED (with the
-    reason: `stopped`, an interruption, or the fault), the parent ends FINISHED / FAILED (some failed, or a
-    fault) / KILLED (stopped), done points drop their checkpoints. Never raises: what it cannot write in
+    reason: `stopped`, an interruption, or the fault), the parent ends as its points' states say
+    (tracking.parent_status), done points drop their checkpoints. Never raises: what it cannot write in
     MLflow, the report's fault says."""
-    experiment_id, parent_id, total = ctx["experiment_id"], ctx["parent_run_id"], len(sweep.points)
-    ran: TuneRun = plan["ran"]
-    faults = [_disk_fault(sweep, ctx, ran), error]
-    if ran.raised and not stopped:  # Ctrl+C may surface from fit() as an error of its own
-        faults.append(f"Ray Tune failed: {ran.raised}")
-    fault = "; ".join(f for f in faults if f) or None
-    unwritten: list[str] = []  # MLflow writes that failed
-
-    def write(fn, *args) -> None:
-        try:
-            fn(*args)
-        except Exception as e:
-            unwritten.append(_short(e))
-
+    total, ran = len(sweep.points), plan.ran
+    tune_failed = f"Ray Tune failed: {ran.raised}" if ran.raised and not stopped else None  # not Ctrl+C's
+    fault = _join(_disk_fault(sweep, ctx, ran), error, tune_failed)
+    write = _Writes()
     if fault:  # room for MLflow's own writes, if the store shares the full disk: Tune's folder is not needed
         with contextlib.suppress(Exception):
-            prune(ctx["storage"], sweep.name)
+            prune(ctx.storage, sweep.name)
     for i, text in ran.errors.items():  # retries spent: its process kept dying, or MLflow or storage failed
         why = text or f"its trial failed after {sweep.max_failures} retries ({fault or 'no error kept'})"
-        for job in plan["packs"][i]:
-            write(_fail_point, tracker, ctx, job["point"], why)
-
-    counts = {"done": plan["done_before"], "failed": 0, "missing": total - plan["done_before"]}
-    keep: set[str] | None = None  # the checkpoints a re-run resumes from (None: unknown, keep them all)
-    try:
-        children = tracker.children(experiment_id, parent_id)
-    except Exception as e:
-        unwritten.append(_short(e))
-    else:
-        counts, keep = {"done": 0, "failed": 0, "missing": 0}, set()
-        reason = f"the sweep stopped: {fault}" if fault else stopped or "its trial stopped without closing it"
-        for p in sweep.points:
-            state, run = point_state(children.get(p.point_id, []))
-            if state == "running":
-                write(tracker.mark_killed, run.run_id, reason)
-                state = "missing"
-            counts[state] += 1
-            if state == "missing":
-                keep.add(p.point_id)
-    if counts["done"] == total and not fault:
-        status = "FINISHED"
-    else:
-        status = "KILLED" if counts["missing"] and not fault else "FAILED"
-    write(tracker.close_parent, parent_id, status, {**counts, "total": total}, fault)
+        for job in plan.packs[i]:
+            write(_fail_point, tracker, ctx, job.point, why)
+    reason = f"the sweep stopped: {fault}" if fault else stopped or "its trial stopped without closing it"
+    counts, keep = _settle(sweep, tracker, ctx, plan, reason, write)
+    status = parent_status(counts, total, fault)
+    write(tracker.close_parent, ctx.parent_run_id, status, {**counts, "total": total}, fault)
     if keep is not None:
         try:
-            prune(ctx["storage"], sweep.name, keep)
+            prune(ctx.storage, sweep.name, keep)
         except OSError as e:
-            out.write(f"[{sweep.name}] could not prune old checkpoints in {ctx['storage']}: {e}\n")
-    if unwritten:
-        n = len(unwritten)
-        fault = (f"{fault}; " if fault else "") + (
-            f"{n} write{'s' * (n > 1)} to MLflow at {ctx['tracking_uri']} failed ({unwritten[0]}): runs "
-            "it could not close stay RUNNING until the next run of this sweep marks them KILLED"
-        )
+            out.write(f"[{sweep.name}] could not prune old checkpoints in {ctx.storage}: {e}\n")
+    fault = _join(fault, write.fault(ctx.tracking_uri))
     return SweepReport(
-        name=sweep.name, tracking_uri=ctx["tracking_uri"], experiment_id=experiment_id,
-        parent_run_id=parent_id, total=total, done=counts["done"], failed=counts["failed"],
-        missing=counts["missing"], ran=len(plan["jobs"]), trials=len(plan["packs"]), wall_s=0.0,
-        train_s=ran.train_s, concurrency=concurrency, fault=fault,
-    )  # fmt: skip
+        name=sweep.name,
+        tracking_uri=ctx.tracking_uri,
+        experiment_id=ctx.experiment_id,
+        parent_run_id=ctx.parent_run_id,
+        total=total,
+        ran=len(plan.jobs),
+        trials=len(plan.packs),
+        wall_s=0.0,
+        train_s=ran.train_s,
+        concurrency=concurrency,
+        fault=fault,
+        **counts,
+    )
+
+
+def _join(*faults: str | None) -> str | None:
+    """The faults that happened, as one line; None when none did."""
+    return "; ".join(f for f in faults if f) or None
+
+
+def _settle(
+    sweep: Sweep, tracker: SweepTracker, ctx: TrialContext, plan: Plan, reason: str, write: _Writes
+) -> tuple[dict[str, int], set[str] | None]:
+    """(points done, failed, missing; the points whose checkpoints a re-run resumes from): runs left running
+    are marked KILLED for `reason`, their points missing. When MLflow cannot be read: what the plan knew,
+    and None (keep every checkpoint)."""
+    try:
+        children = tracker.children(ctx.experiment_id, ctx.parent_run_id)
+    except Exception as e:
+        write.failed.append(_short(e))
+        missing = len(sweep.points) - plan.done_before
+        return {"done": plan.done_before, "failed": 0, "missing": missing}, None
+    counts, keep = {"done": 0, "failed": 0, "missing": 0}, set()
+    for p in sweep.points:
+        state, run = point_state(children.get(p.point_id, []))
+        if state == "running":
+            write(tracker.mark_killed, run.run_id, reason)
+            state = "missing"
+        counts[state] += 1
+        if state == "missing":
+            keep.add(p.point_id)
+    return counts, keep
 
 
 def _to_run(tracker: SweepTracker, sweep: Sweep) -> list[Point]:
@@ -486,18 +569,29 @@ def _already_done(tracker: SweepTracker, sweep: Sweep) -> SweepReport | None:
     if found is None or _to_run(tracker, sweep):
         return None
     experiment_id, parent = found
+    n = len(sweep.points)
     return SweepReport(
-        name=sweep.name, tracking_uri=tracker.uri, experiment_id=experiment_id,
-        parent_run_id=parent.info.run_id, total=len(sweep.points), done=len(sweep.points), failed=0,
-        missing=0, ran=0, trials=0, wall_s=0.0, train_s=0.0, concurrency=0,
-    )  # fmt: skip
+        name=sweep.name,
+        tracking_uri=tracker.uri,
+        experiment_id=experiment_id,
+        parent_run_id=parent.info.run_id,
+        total=n,
+        done=n,
+        failed=0,
+        missing=0,
+        ran=0,
+        trials=0,
+        wall_s=0.0,
+        train_s=0.0,
+        concurrency=0,
+    )
 
 
 def pack_points(sweep: Sweep, points: list[Point], slots: int) -> list[list[int]]:
     """Indices into points, grouped into the trials that will train them (packing.plan), costliest first."""
     from rnnsgd.sweep.packing import plan
 
-    cfgs = [p.config() for p in points]
+    cfgs = [p.config for p in points]
     return plan(cfgs, [cost(c) for c in cfgs], sweep.pack, slots, local_budget(sweep))
 
 
@@ -523,79 +617,79 @@ def prune(storage: str, sweep_name: str, keep: set[str] | None = None) -> None:
                 store.fs.delete_file(store.path(point_id) + ".tmp")
 
 
-def _fail_point(tracker: SweepTracker, ctx: dict[str, Any], point: Point, error: str) -> None:
+def _fail_point(tracker: SweepTracker, ctx: TrialContext, point: Point, error: str) -> None:
     """A point whose trial Tune gave up on (its retries are spent): its run, or a new one if the trial died
     before opening it, ends FAILED with Tune's error as the traceback. Raises what MLflow raises (MLflow
     itself may be what failed)."""
-    runs = tracker.children(ctx["experiment_id"], ctx["parent_run_id"]).get(point.point_id, [])
+    runs = tracker.children(ctx.experiment_id, ctx.parent_run_id).get(point.point_id, [])
     state, run = point_state(runs)
     if state in ("done", "failed"):
         return
-    trial_run = TrialRun.attach(ctx["tracking_uri"], ctx, point, run.run_id if run else None)
+    trial_run = TrialRun.attach(ctx, point, run.run_id if run else None)
     if trial_run is None:  # ended by an attempt of its trial
         return
-    trial_run.start(point, {"rnnsgd.error": error.strip().splitlines()[-1][:500]})
+    trial_run.start(point, {"rnnsgd.error": error_tag(error)})
     trial_run.finish("error", traceback=error)
 
 
-def pack_label(pack: list[dict[str, Any]]) -> str:
+def pack_label(pack: list[Job]) -> str:
     """A pack's name in progress lines: its one point's label, or what its points share and how many."""
     if len(pack) == 1:
-        return pack[0]["point"].label()
-    coords = [j["point"].coords for j in pack]
+        return pack[0].point.label()
+    coords = [j.point.coords for j in pack]
     shared = {k: v for k, v in coords[0].items() if all(c.get(k) == v for c in coords)}
     what = " ".join(f"{k.rpartition('.')[2]}={format_value(v)}" for k, v in shared.items())
     return f"{what} ({len(pack)} points)".strip()
 
 
-def _tune(
-    sweep: Sweep,
-    packs: list[list[dict]],
-    ctx: dict,
-    concurrency: int,
-    done_before: int,
-    out: TextIO,
-    ran: TuneRun,
-) -> None:
-    """One Tuner, one trial per pack, the costliest first; SIGTERM stops it as gracefully as Ctrl+C. `ran`
-    gets what a callback sees, and what fit() raises, which it keeps from the caller (fit() builds its
-    results from the trials' files, and a full disk leaves them empty: EOFError); Ctrl+C still raises."""
-    from ray import tune
+def pack_name(pack: list[Job]) -> str:
+    """A pack's trial name: its first point's id, and how many more share the trial."""
+    return pack[0].point.point_id + (f"+{len(pack) - 1}" if len(pack) > 1 else "")
 
-    from rnnsgd.sweep.progress import Progress
-    from rnnsgd.sweep.trial import run_trial
+
+def _tune(sweep: Sweep, plan: Plan, ctx: TrialContext, concurrency: int, out: TextIO) -> None:
+    """One Tuner, one trial per pack, the costliest first; SIGTERM stops it as gracefully as Ctrl+C.
+    plan.ran gets what a callback sees, and what fit() raises, which it keeps from the caller (fit() builds
+    its results from the trials' files, and a full disk leaves them empty: EOFError); Ctrl+C still raises."""
+    from rnnsgd.sweep.progress import Outcomes, Progress
 
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    packs = plan.packs
+    labels, sizes = [pack_label(p) for p in packs], [len(p) for p in packs]
+    progress = Progress(sweep.name, len(sweep.points), plan.done_before, labels, sizes, stream=out)
+    tuner = _tuner(sweep, packs, ctx, concurrency, [progress, Outcomes(plan.ran)])
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        tuner.fit()
+    except Exception as e:
+        plan.ran.raised = _short(e)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        progress.close()
 
-    class _Outcomes(tune.Callback):
-        def __init__(self, ran: TuneRun) -> None:
-            self.ran = ran
 
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self.ran.train_s += float((trial.last_result or {}).get("train_s", 0.0))
+def _tuner(sweep: Sweep, packs: list[list[Job]], ctx: TrialContext, concurrency: int, callbacks: list):
+    """The Tuner: trial i trains packs[i] (packing.plan put the costliest first), retried from its points'
+    checkpoints up to max_failures times; Tune's files under <storage>/<sweep>/tune."""
+    from ray import tune
 
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            try:  # Tune has just written it to the trial's folder, if it could
-                error = trial.get_pickled_error() or trial.get_error()
-            except Exception:
-                error = None
-            self.ran.errors[trial.config["i"]] = str(error) if error else None
+    from rnnsgd.sweep.trial import run_trial
 
-    progress = Progress(sweep.name, len(sweep.points), done_before, [pack_label(p) for p in packs],
-                        [len(p) for p in packs], stream=out)  # fmt: skip
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, ctx=ctx, packs=packs),
         {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu},
     )
 
-    def name(trial) -> str:  # the first point's id, and how many more share the trial
-        pack = packs[trial.config["i"]]
-        return pack[0]["point"].point_id + (f"+{len(pack) - 1}" if len(pack) > 1 else "")
+    def name(trial) -> str:
+        return pack_name(packs[trial.config["i"]])
 
-    tuner = tune.Tuner(
+    return tune.Tuner(
         trainable,
-        param_space={"i": tune.grid_search(list(range(len(packs))))},  # plan() put the costliest first
+        param_space={"i": tune.grid_search(list(range(len(packs))))},
         tune_config=tune.TuneConfig(
             reuse_actors=True,
             max_concurrent_trials=concurrency,
@@ -604,20 +698,9 @@ def _tune(
         ),
         run_config=tune.RunConfig(
             name=time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}",
-            storage_path=f"{ctx['storage'].rstrip('/')}/{sweep.name}/tune",
+            storage_path=f"{ctx.storage.rstrip('/')}/{sweep.name}/tune",
             verbose=0,
-            callbacks=[progress, _Outcomes(ran)],
+            callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
         ),
     )
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
-    try:
-        tuner.fit()
-    except Exception as e:
-        ran.raised = _short(e)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        progress.close()

@@ -13,7 +13,7 @@ Every error is a SweepError whose message reads "<file>: <key>: <problem>".
 from __future__ import annotations
 
 import copy
-import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from rnnsgd.config import (
+    FIELD_TYPES,
     FLAT_KEYS,
     MEMORY_FRACTION,
     TrialConfig,
@@ -40,9 +41,18 @@ from rnnsgd.config import (
 
 BLOCK_KEYS = ("base", "grid", "zip", "seeds")  # what a block (one sub-grid) holds
 SWEEP_KEYS = (
-    "name", "description", *BLOCK_KEYS, "blocks", "resources", "pack", "concurrency", "max_failures",
-    "checkpoint_every_s", "tracking_uri", "storage",
-)  # fmt: skip
+    "name",
+    "description",
+    *BLOCK_KEYS,
+    "blocks",
+    "resources",
+    "pack",
+    "concurrency",
+    "max_failures",
+    "checkpoint_every_s",
+    "tracking_uri",
+    "storage",
+)
 FILE_KEYS = (*SWEEP_KEYS, "variants", "default_variant")
 MERGED = ("base", "grid", "resources", "pack")  # overrides update these key by key (null removes a key)
 RANGE_KINDS = ("log2", "log10", "range")
@@ -51,14 +61,6 @@ PACK_KEYS = ("size", "memory_fraction")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # fullmatch: `$` would let a trailing newline in
 DEFAULT_MAX_FAILURES = 2
 MAX_POINTS = 100_000  # a sweep's grid, counted before it is expanded: each point is a run in MLflow
-
-# the field type of every flat key, for coercing axis values ("data.N" -> int)
-FIELD_TYPES: dict[str, Any] = {
-    f"{s.name}.{f}": t
-    for s in dataclasses.fields(TrialConfig)
-    for f, t in typing.get_type_hints(typing.get_type_hints(TrialConfig)[s.name]).items()
-}
-assert set(FIELD_TYPES) == set(FLAT_KEYS)
 
 Err = Callable[[str, str], Exception]
 
@@ -102,11 +104,13 @@ class Block:
 class Point:
     index: int
     point_id: str
-    flat: dict[str, Any]  # TrialConfig.to_flat() of the resolved config
+    config: TrialConfig  # the resolved config, built and validated once (_expand)
     coords: dict[str, Any]  # the values that set this point apart in its sweep (see Sweep.varying_keys)
 
-    def config(self) -> TrialConfig:
-        return TrialConfig.from_flat(self.flat)
+    @functools.cached_property
+    def flat(self) -> dict[str, Any]:
+        """config.to_flat(): MLflow's params, the point's id."""
+        return self.config.to_flat()
 
     def label(self) -> str:
         """Short human name, e.g. "L=8 N=64 run=0" (MLflow run name, progress lines)."""
@@ -294,11 +298,11 @@ def _apply_sweep_sets(d: dict, sets: Mapping[str, str], source: str, origin: dic
             d[key] = _yaml_value(text)
         else:
             hint = did_you_mean(key, (*FLAT_KEYS, *SWEEP_KEYS))
-            raise SweepError(
-                f"{source}: --set {key}: unknown key; {hint}" if hint else
-                f"{source}: --set {key}: unknown key (a TrialConfig key such as model.m, or one of "
-                f"{', '.join(SWEEP_KEYS)}, resources.cpu, grid.<key>, base.<key>)"
-            )  # fmt: skip
+            known = (
+                f"a TrialConfig key such as model.m, or one of {', '.join(SWEEP_KEYS)}, resources.cpu, "
+                "grid.<key>, base.<key>"
+            )
+            raise SweepError(f"{source}: --set {key}: unknown key" + (f"; {hint}" if hint else f" ({known})"))
         origin[key] = f"--set {key}"
 
 
@@ -329,21 +333,47 @@ def _apply_config_sets(bd: dict, sets: Mapping[str, str], source: str, origin: d
 
 
 def _build(d: dict, source: str, variant: str | None, origin: dict[str, str], config_sets: dict) -> Sweep:
-    def err_in(where: dict[str, str]) -> Err:
-        return lambda key, problem: SweepError(f"{source}: {where.get(key, key)}: {problem}")
-
-    err = err_in(origin)
+    err = _err_in(source, origin)
     for key in d:
         if key not in SWEEP_KEYS:
             raise err(key, unknown("key", key, SWEEP_KEYS))
+    settings = _sweep_settings(d, err)
+    blocks, resolved = _blocks(d, source, origin, config_sets)
+    sizes = [math.prod(len(a.values) for a in b.axes) for b in blocks]
+    if sum(sizes) > MAX_POINTS:
+        shape = " + ".join(" x ".join(str(len(a.values)) for a in b.axes) or "1" for b in blocks)
+        raise err(
+            "grid",
+            f"{sum(sizes):,} points ({shape}); a sweep holds at most {MAX_POINTS:,}: "
+            "use fewer values or split it into several sweeps",
+        )
+    points = _expand(blocks, settings["resources"], err)
+    definition = {k: v for k, v in d.items() if k not in (*BLOCK_KEYS, "blocks") and v is not None}
+    definition["blocks"] = resolved
+    return Sweep(
+        source=source,
+        variant=variant,
+        blocks=tuple(blocks),
+        points=points,
+        definition=json.loads(json.dumps(definition, default=list)),
+        **settings,
+    )
+
+
+def _err_in(source: str, where: dict[str, str]) -> Err:
+    """The error of a key, named where the user wrote it (`where`: key -> its place in the file, a --set)."""
+    return lambda key, problem: SweepError(f"{source}: {where.get(key, key)}: {problem}")
+
+
+def _sweep_settings(d: dict, err: Err) -> dict[str, Any]:
+    """The sweep's own keys (all but its blocks), checked: Sweep's fields of the same names."""
     name = d.get("name")
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise err("name", f"required: letters, digits, '_', '.', '-' (at most 100), got {name!r}")
     description = d.get("description") or ""
     if not isinstance(description, str):
         raise err("description", "expected a string")
-    resources = _resources(d.get("resources"), err)
-    pack = _pack(d.get("pack"), err)
+    resources, pack = _resources(d.get("resources"), err), _pack(d.get("pack"), err)
     concurrency = d.get("concurrency")
     if concurrency is not None and (not _is_int(concurrency) or concurrency < 1):
         raise err("concurrency", f"expected a positive integer (most trials at once), got {concurrency!r}")
@@ -356,36 +386,41 @@ def _build(d: dict, source: str, variant: str | None, origin: dict[str, str], co
     for key in ("tracking_uri", "storage"):
         if d.get(key) is not None and (not isinstance(d[key], str) or not d[key].strip()):
             raise err(key, f"expected a non-empty string, got {d[key]!r}")
+    return {
+        "name": name,
+        "description": description,
+        "resources": resources,
+        "pack": pack,
+        "concurrency": concurrency,
+        "max_failures": int(max_failures),
+        "checkpoint_every_s": float(every),
+        "tracking_uri": d.get("tracking_uri"),
+        "storage": d.get("storage"),
+    }
 
+
+def _blocks(
+    d: dict, source: str, origin: dict[str, str], config_sets: dict
+) -> tuple[list[Block], list[dict]]:
+    """The sweep's sub-grids (one when it has no `blocks`), each its base, grid, zip and seeds with the
+    block's overrides and the --set of config keys applied; and each as resolved, for the definition."""
     template = {k: d[k] for k in BLOCK_KEYS if d.get(k) is not None}
     overrides = d.get("blocks")
     if overrides is not None and (not isinstance(overrides, list) or not overrides):
-        raise err("blocks", "expected a non-empty list of sub-grids, each a mapping of base/grid/zip/seeds")
+        raise _err_in(source, origin)(
+            "blocks", "expected a non-empty list of sub-grids, each a mapping of base/grid/zip/seeds"
+        )
     blocks, resolved = [], []
     for i, over in enumerate(overrides or [{}]):
         where = f"blocks[{i}]" if overrides is not None else ""
         if not isinstance(over, dict):
-            raise err(where, "expected a mapping of base/grid/zip/seeds overrides")
+            raise _err_in(source, origin)(where, "expected a mapping of base/grid/zip/seeds overrides")
         block_origin = dict(origin)
         bd = _overlay(template, over, where, BLOCK_KEYS, source, block_origin)
         _apply_config_sets(bd, config_sets, source, block_origin)
-        blocks.append(_parse_block(bd, err_in(block_origin)))
+        blocks.append(_parse_block(bd, _err_in(source, block_origin)))
         resolved.append(bd)
-
-    sizes = [math.prod(len(a.values) for a in b.axes) for b in blocks]
-    if sum(sizes) > MAX_POINTS:
-        shape = " + ".join(" x ".join(str(len(a.values)) for a in b.axes) or "1" for b in blocks)
-        raise err("grid", f"{sum(sizes):,} points ({shape}); a sweep holds at most {MAX_POINTS:,}: "
-                          "use fewer values or split it into several sweeps")  # fmt: skip
-    points = _expand(blocks, resources, err)
-    definition = {k: v for k, v in d.items() if k not in (*BLOCK_KEYS, "blocks") and v is not None}
-    definition["blocks"] = resolved
-    return Sweep(
-        name=name, source=source, variant=variant, description=description, blocks=tuple(blocks),
-        resources=resources, pack=pack, concurrency=concurrency, max_failures=int(max_failures),
-        checkpoint_every_s=float(every), tracking_uri=d.get("tracking_uri"), storage=d.get("storage"),
-        points=points, definition=json.loads(json.dumps(definition, default=list)),
-    )  # fmt: skip
+    return blocks, resolved
 
 
 def _parse_block(bd: dict, err: Err) -> Block:
@@ -470,8 +505,11 @@ def _axis_values(key: str, spec: Any, err, where: str, unique: bool = True) -> l
         kinds = [k for k in spec if k in RANGE_KINDS]
         extra = [k for k in spec if k not in (*RANGE_KINDS, "step")]
         if len(kinds) != 1 or extra:
-            raise err(where, f"expected one of {{log2: [a, b]}}, {{log10: [a, b]}}, {{range: [a, b]}} "
-                             f"with an optional step, got {spec!r}")  # fmt: skip
+            raise err(
+                where,
+                f"expected one of {{log2: [a, b]}}, {{log10: [a, b]}}, {{range: [a, b]}} "
+                f"with an optional step, got {spec!r}",
+            )
         kind = kinds[0]
         ends, step = spec[kind], spec.get("step", 1)
         if not (
@@ -495,8 +533,10 @@ def _axis_values(key: str, spec: Any, err, where: str, unique: bool = True) -> l
         values = [_coerce(key, r, err, where) for r in raws]
         return list(dict.fromkeys(values))  # rounding may repeat small values: keep the first
     if not isinstance(spec, list):
-        raise err(where, f"expected a list of values or {{log2: [a, b]}}, got {spec!r} "
-                         f"(fixed values belong in base)")  # fmt: skip
+        raise err(
+            where,
+            f"expected a list of values or {{log2: [a, b]}}, got {spec!r} (fixed values belong in base)",
+        )
     if not spec:
         raise err(where, "empty axis: give at least one value")
     values = [_coerce(key, r, err, f"{where}[{i}]") for i, r in enumerate(spec)]
@@ -557,15 +597,16 @@ def _pack(spec: Any, err) -> Pack:
     if size != "auto" and (not _is_int(size) or size < 1):
         raise err("pack.size", f"expected auto or an integer >= 1 (1: one point per trial), got {size!r}")
     if not _is_number(fraction) or not 0 < fraction <= 1:
-        raise err("pack.memory_fraction", f"expected a fraction in (0, 1] of the device's memory, got "
-                                          f"{fraction!r}")  # fmt: skip
+        raise err(
+            "pack.memory_fraction", f"expected a fraction in (0, 1] of the device's memory, got {fraction!r}"
+        )
     return Pack(size=None if size == "auto" else size, memory_fraction=float(fraction))
 
 
 def _expand(blocks: list[Block], resources: Resources, err: Err) -> tuple[Point, ...]:
     """Each block's product of axes, in file order (grid, zip groups, seeds), blocks one after another; a
     point that two blocks share is kept once. Every point is built and checked by the learner's validation."""
-    flats: dict[str, dict[str, Any]] = {}
+    found: dict[str, tuple[TrialConfig, dict[str, Any]]] = {}  # point id -> its config, flat
     for block in blocks:
         for combo in itertools.product(*(a.values for a in block.axes)):
             coords = {
@@ -583,11 +624,11 @@ def _expand(blocks: list[Block], resources: Resources, err: Err) -> tuple[Point,
             if cfg.train.device == "cuda" and resources.gpu == 0:
                 raise err("train.device", "cuda needs a GPU per trial: set resources.gpu (e.g. 0.25)")
             flat = cfg.to_flat()
-            flats.setdefault(point_id(flat), flat)
+            found.setdefault(point_id(flat), (cfg, flat))
     axis_keys = dict.fromkeys(k for b in blocks for a in b.axes for k in a.keys)
     ordered = [*axis_keys, *(k for k in FLAT_KEYS if k not in axis_keys)]
-    varying = [k for k in ordered if len({_hashable(f[k]) for f in flats.values()}) > 1]
+    varying = [k for k in ordered if len({_hashable(f[k]) for _, f in found.values()}) > 1]
     return tuple(
-        Point(index=i, point_id=pid, flat=flat, coords={k: flat[k] for k in varying})
-        for i, (pid, flat) in enumerate(flats.items())
+        Point(index=i, point_id=pid, config=cfg, coords={k: flat[k] for k in varying})
+        for i, (pid, (cfg, flat)) in enumerate(found.items())
     )

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from rnnsgd.config import format_value
 from rnnsgd.sweep.spec import Sweep
 from rnnsgd.sweep.tracking import (
+    DRIVER,
+    STATES,
     SweepTracker,
     check_reachable,
     driver_alive,
@@ -20,8 +22,6 @@ from rnnsgd.sweep.tracking import (
     resolve_tracking_uri,
     store_exists,
 )
-
-STATES = ("done", "failed", "running", "missing")
 
 
 @dataclass
@@ -67,12 +67,15 @@ def render(cov: Coverage, uri: str, parent) -> str:
         lines.append("never run: no parent run in MLflow yet")
     else:
         alive = driver_alive(parent)
-        driver = parent.data.tags.get("rnnsgd.driver", "?")
-        lines.append(f"parent run {parent.info.run_id}: {parent.info.status}"
-                     + (f", driver {driver} running" if alive else ""))  # fmt: skip
+        driver = parent.data.tags.get(DRIVER, "?")
+        running = f", driver {driver} running" if alive else ""
+        lines.append(f"parent run {parent.info.run_id}: {parent.info.status}{running}")
     outcomes = ", ".join(f"{k} {v}" for k, v in sorted(cov.outcomes.items()))
-    lines.append(f"points {total}: done {t['done']}" + (f" ({outcomes})" if outcomes else "")
-                 + f", failed {t['failed']}, running {t['running']}, missing {t['missing']}")  # fmt: skip
+    outcomes = f" ({outcomes})" if outcomes else ""
+    lines.append(
+        f"points {total}: done {t['done']}{outcomes}, failed {t['failed']}, running {t['running']}, "
+        f"missing {t['missing']}"
+    )
     if cov.orphaned:
         lines.append(
             f"{cov.orphaned} run(s) RUNNING under a driver that is gone: re-run the sweep to resume them"

@@ -34,6 +34,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from rnnsgd.config import FLAT_KEYS, format_value
+from rnnsgd.metrics import GEN_GAP, NRISK, REL_RISK, REL_RISK_TAIL, STEP, TEST_RISK
+from rnnsgd.sweep.jobs import TrialContext
 from rnnsgd.sweep.spec import Point, Sweep, SweepError, sweep_from_dict
 
 ROLE = "rnnsgd.role"  # "parent" | "trial"
@@ -43,10 +45,6 @@ DEFINITION = "sweep.json"  # the parent's artifact: the resolved sweep, read bac
 TRACEBACK = "traceback.txt"
 FAULT = "rnnsgd.fault"  # on the parent: what stopped the sweep (a full disk, Ray Tune failing), if anything
 RESTARTED = "rnnsgd.restarted"  # on a FAILED run whose point went on in a new run: why (a corrupt checkpoint)
-OUTCOME_STATUS = {
-    "completed": "FINISHED", "budget": "FINISHED", "diverged": "FINISHED",  # the trainer's outcomes
-    "killed": "KILLED", "error": "FAILED",
-}  # fmt: skip
 PARAM_MAX = 500  # MLflow params are strings; the flat config's values are far shorter
 NOTE = "mlflow.note.content"  # the UI's description of a run or an experiment
 KIND = "mlflow.experimentKind"  # the experiment type the UI's selector writes
@@ -59,9 +57,34 @@ VIEW_TAG = f"mlflow.sharedViewState.{VIEW_ID}"  # where the UI keeps a saved vie
 # the metrics a point is read by (docs/metrics.md), first in the saved view's columns and charts, with the
 # y scale of their chart: risks are positive and span decades; relative risk and gap are read linearly
 HEADLINE = {
-    "test/rel_risk_tail": "linear", "test/rel_risk": "linear", "test/risk": "log", "test/nrisk": "log",
-    "gen/gap": "linear",
-}  # fmt: skip
+    REL_RISK_TAIL: "linear",
+    REL_RISK: "linear",
+    TEST_RISK: "log",
+    NRISK: "log",
+    GEN_GAP: "linear",
+}
+
+# How a run ends, in the three words for it, mapped here once: the trainer's outcome (rnnsgd.train, or killed
+# / error from the sweep) -> MLflow's run status -> the point's state in its sweep. A point is done when it
+# has a FINISHED run, else its latest run says; a KILLED run (stopped, orphaned) leaves its point missing.
+OUTCOME_STATUS = {
+    "completed": "FINISHED",
+    "budget": "FINISHED",
+    "diverged": "FINISHED",
+    "killed": "KILLED",
+    "error": "FAILED",
+}
+STATES = ("done", "failed", "running", "missing")  # a point's states, in the order `rnnsgd status` shows
+STATUS_STATE = {"FINISHED": "done", "FAILED": "failed", "RUNNING": "running"}  # any other: missing
+STATUS_RANK = {"FINISHED": 0, "RUNNING": 1, "KILLED": 2, "FAILED": 3}  # which of a point's runs counts first
+
+
+def parent_status(counts: dict[str, int], total: int, fault: str | None) -> str:
+    """The parent run's status from its points' states: FINISHED (all done, no fault), KILLED (stopped
+    before the end), else FAILED (some failed, or a fault stopped it)."""
+    if counts["done"] == total and not fault:
+        return "FINISHED"
+    return "KILLED" if counts["missing"] and not fault else "FAILED"
 
 
 def default_tracking_uri(cwd: str | Path | None = None) -> str:
@@ -93,8 +116,10 @@ def normalize_uri(uri: str, where: str) -> str:
             raise SweepError(f"{where}: expected sqlite:////absolute/path/mlflow.db, got {uri!r}")
         return f"sqlite:///{os.path.abspath(path)}"  # relative paths would move with each trial's folder
     if scheme in ("", "file"):
-        raise SweepError(f"{where}: {uri!r} is a file store, which MLflow 3 refuses; "
-                         "use sqlite:////absolute/path/mlflow.db or a server, http://host:5000")  # fmt: skip
+        raise SweepError(
+            f"{where}: {uri!r} is a file store, which MLflow 3 refuses; "
+            "use sqlite:////absolute/path/mlflow.db or a server, http://host:5000"
+        )
     return uri
 
 
@@ -195,13 +220,24 @@ class ChildRun:
 
 def point_state(runs: list[ChildRun]) -> tuple[str, ChildRun | None]:
     """A point's state from its runs: done (a FINISHED run), else the latest run's status, else missing."""
-    finished = [r for r in runs if r.status == "FINISHED"]
+    finished = [r for r in runs if STATUS_STATE.get(r.status) == "done"]
     if finished:
         return "done", max(finished, key=lambda r: r.start_time)
     if not runs:
         return "missing", None
     latest = max(runs, key=lambda r: r.start_time)
-    return {"FAILED": "failed", "RUNNING": "running"}.get(latest.status, "missing"), latest
+    return STATUS_STATE.get(latest.status, "missing"), latest
+
+
+def search_all(client: Any, experiment_id: str, filter_string: str) -> list[Any]:
+    """Every active run of the experiment that the filter matches, over MLflow's pages of 1000."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
 
 
 class SweepTracker:
@@ -333,22 +369,13 @@ class SweepTracker:
     def children(self, experiment_id: str, parent_id: str) -> dict[str, list[ChildRun]]:
         """point_id -> its runs under the parent."""
         out: dict[str, list[ChildRun]] = {}
-        token = None
-        while True:
-            page = self.client.search_runs(
-                [experiment_id], f"tags.`{PARENT_ID}` = '{parent_id}'", max_results=1000, page_token=token
-            )
-            for r in page:
-                pid, info = r.data.tags.get("point_id"), r.info
-                if pid:
-                    outcome = r.data.tags.get("outcome")
-                    run = ChildRun(
-                        info.run_id, pid, info.status, outcome, info.start_time or 0, info.end_time
-                    )
-                    out.setdefault(pid, []).append(run)
-            token = page.token
-            if not token:
-                return out
+        for r in search_all(self.client, experiment_id, f"tags.`{PARENT_ID}` = '{parent_id}'"):
+            pid, info = r.data.tags.get("point_id"), r.info
+            if pid:
+                outcome = r.data.tags.get("outcome")
+                run = ChildRun(info.run_id, pid, info.status, outcome, info.start_time or 0, info.end_time)
+                out.setdefault(pid, []).append(run)
+        return out
 
     def mark_killed(self, run_id: str, reason: str) -> None:
         from mlflow.entities import RunTag
@@ -419,6 +446,50 @@ def experiment_url(base: str, experiment_id: str) -> str:
     )
 
 
+_SECTION = "rnnsgd-headline"  # fixed ids: a re-run rewrites the view without changing what it shows
+# what the saved view holds whatever the sweep: the runs page's settings, the headline charts' section and
+# what each chart of it shares
+_PAGE = {
+    "searchFilter": "",
+    "orderByKey": "attributes.start_time",
+    "orderByAsc": False,
+    "startTime": "ALL",
+    "lifecycleFilter": "Active",
+    "modelVersionFilter": "All Runs",
+    "datasetsFilter": [],
+    "runsHiddenMode": "SHOW_ALL",
+    "viewMaximized": False,
+    "runListHidden": False,
+    "groupsExpanded": {},
+    "hideEmptyCharts": True,
+    "compareRunSections": [
+        {
+            "uuid": _SECTION,
+            "name": "Headline metrics",
+            "display": True,
+            "isReordered": True,
+            "deleted": False,
+            "isGenerated": False,
+        },
+    ],
+    "isAccordionReordered": True,
+    "chartsSearchFilter": "",
+    "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
+}
+_CHART = {
+    "type": "LINE",
+    "metricSectionId": _SECTION,
+    "deleted": False,
+    "isGenerated": False,
+    "lineSmoothness": 0,
+    "xAxisKey": "step",
+    "xAxisScaleType": "log",
+    "selectedXAxisMetricKey": "",
+    "useGlobalXaxisKey": False,
+    "useGlobalLineSmoothing": True,
+}
+
+
 def sweep_view(sweep: Sweep) -> str:
     """The saved view of the experiment's runs page, as the UI's "Save view" writes it (the tag VIEW_TAG):
     a JSON envelope {name, createdAt, state} whose state is the page's state as JSON.
@@ -429,17 +500,17 @@ def sweep_view(sweep: Sweep) -> str:
     (the UI charts the first ten otherwise). Columns, in order: the headline metrics, varying keys, outcome.
     Charts: the headline metrics first, in a section of their own, over the SGD step on a log axis (the
     evaluations are geometric in the step); the UI adds the other metrics' charts after them, by section."""
-    section = "rnnsgd-headline"  # fixed ids: a re-run rewrites the view without changing what it shows
     charts = [
         {
-            "uuid": f"rnnsgd-{key}", "type": "LINE", "metricSectionId": section, "metricKey": key,
-            "selectedMetricKeys": [key], "deleted": False, "isGenerated": False,
-            "runsCountToCompare": max(10, len(sweep.points)), "lineSmoothness": 0, "xAxisKey": "step",
-            "xAxisScaleType": "log", "scaleType": scale, "selectedXAxisMetricKey": "",
-            "useGlobalXaxisKey": False, "useGlobalLineSmoothing": True,
+            **_CHART,
+            "uuid": f"rnnsgd-{key}",
+            "metricKey": key,
+            "selectedMetricKeys": [key],
+            "runsCountToCompare": max(10, len(sweep.points)),
+            "scaleType": scale,
         }
         for key, scale in HEADLINE.items()
-    ]  # fmt: skip
+    ]
     varying = sweep.varying_keys()
     columns = [*(f"metrics.`{m}`" for m in HEADLINE), *(f"params.`{k}`" for k in varying), "tags.`outcome`"]
     # the table's own columns, then these in this order, wide enough for a point's name and a risk's digits
@@ -447,21 +518,17 @@ def sweep_view(sweep: Sweep) -> str:
     widths = {order[0]: 300, **{c: 120 for c in columns if c.startswith("metrics.")}}
     cell = [{"mode": "param", "groupByData": k} for k in varying if not k.startswith("seed.")]
     state = {
-        "searchFilter": "", "orderByKey": "attributes.start_time",
-        "orderByAsc": False, "startTime": "ALL", "lifecycleFilter": "Active",
-        "modelVersionFilter": "All Runs", "datasetsFilter": [],
-        "selectedColumns": columns, "columnOrder": order, "columnWidths": widths,
-        "runsHiddenMode": "SHOW_ALL", "viewMaximized": False, "runListHidden": False,
-        "groupBy": {"aggregateFunction": "average",
-                    "groupByKeys": cell or [{"mode": "tag", "groupByData": ROLE}]},
-        "groupsExpanded": {}, "useGroupedValuesInCharts": bool(cell), "hideEmptyCharts": True,
-        "compareRunSections": [
-            {"uuid": section, "name": "Headline metrics", "display": True, "isReordered": True,
-             "deleted": False, "isGenerated": False},
-        ],
-        "compareRunCharts": charts, "isAccordionReordered": True, "chartsSearchFilter": "",
-        "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
-    }  # fmt: skip
+        **_PAGE,
+        "selectedColumns": columns,
+        "columnOrder": order,
+        "columnWidths": widths,
+        "groupBy": {
+            "aggregateFunction": "average",
+            "groupByKeys": cell or [{"mode": "tag", "groupByData": ROLE}],
+        },
+        "useGroupedValuesInCharts": bool(cell),
+        "compareRunCharts": charts,
+    }
     name = f"{sweep.name}: points and headline metrics"
     return json.dumps({"name": name, "createdAt": _now_ms(), "state": json.dumps(state)})
 
@@ -521,21 +588,20 @@ class TrialRun:
         self.last_flush = time.monotonic()
 
     @classmethod
-    def attach(cls, uri: str, ctx: dict[str, Any], point: Point, run_id: str | None) -> TrialRun | None:
+    def attach(cls, ctx: TrialContext, point: Point, run_id: str | None) -> TrialRun | None:
         """The point's one run: None when it has ended since this driver planned it (an earlier attempt of
-        its trial closed it: FINISHED, or FAILED after ctx["planned_ms"]); else `run_id` (the interrupted run
+        its trial closed it: FINISHED, or FAILED after ctx.planned_ms); else `run_id` (the interrupted run
         the driver names), or the point's unfinished run under the parent, or a new run. A run FAILED with the
         RESTARTED tag was given up for a new one (its checkpoint was unreadable): never re-attached, never an
         end of the point."""
-        client = _client(uri)
-        runs = client.search_runs(
-            [ctx["experiment_id"]],
-            f"tags.`{PARENT_ID}` = '{ctx['parent_run_id']}' and tags.point_id = '{point.point_id}'",
+        uri = ctx.tracking_uri
+        runs = _client(uri).search_runs(
+            [ctx.experiment_id],
+            f"tags.`{PARENT_ID}` = '{ctx.parent_run_id}' and tags.point_id = '{point.point_id}'",
             order_by=["attributes.start_time DESC"],
         )
         restarted = {r.info.run_id for r in runs if r.info.status == "FAILED" and RESTARTED in r.data.tags}
-        ended = [r for r in runs if r.info.status == "FINISHED" or (r.info.status == "FAILED" and
-                 (r.info.end_time or 0) >= ctx["planned_ms"] and r.info.run_id not in restarted)]  # fmt: skip
+        ended = [r for r in runs if _ended_since(r, ctx.planned_ms, restarted)]
         if ended:
             return None
         if run_id is not None and run_id not in restarted:
@@ -543,30 +609,33 @@ class TrialRun:
         live = [r for r in runs if r.info.status not in ("FINISHED", "FAILED")]
         if live:  # an earlier attempt of this trial opened it, then its process died
             return cls(uri, live[0].info.run_id, new=False)
-        return cls.create(uri, ctx, point)
+        return cls.create(ctx, point)
 
     @classmethod
-    def create(cls, uri: str, ctx: dict[str, Any], point: Point) -> TrialRun:
+    def create(cls, ctx: TrialContext, point: Point) -> TrialRun:
         """A new run of the point under the sweep's parent."""
-        client = _client(uri)
         tags = {
-            PARENT_ID: ctx["parent_run_id"], ROLE: "trial", "sweep": ctx["sweep"], "point_id": point.point_id,
-            "seed": str(point.flat["seed.run"]), "git_sha": ctx["git_sha"],
-        }  # fmt: skip
-        run = client.create_run(ctx["experiment_id"], run_name=point.label(), tags=tags)
-        return cls(uri, run.info.run_id, new=True)
+            PARENT_ID: ctx.parent_run_id,
+            ROLE: "trial",
+            "sweep": ctx.sweep,
+            "point_id": point.point_id,
+            "seed": str(point.flat["seed.run"]),
+            "git_sha": ctx.git_sha,
+        }
+        run = _client(ctx.tracking_uri).create_run(ctx.experiment_id, run_name=point.label(), tags=tags)
+        return cls(ctx.tracking_uri, run.info.run_id, new=True)
 
     def start(self, point: Point, tags: dict[str, str]) -> None:
         """RUNNING, with this attempt's tags and the flat config as params (again on a re-attached run: the
         same values, in case the attempt that created it died before logging them)."""
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import RunTag
 
         if not self.new:
             self.client.update_run(self.run_id, status="RUNNING")
-        params = [Param(k, format_value(v)[:PARAM_MAX]) for k, v in point.flat.items()]
-        self.client.log_batch(self.run_id, params=params, tags=[RunTag(k, v) for k, v in tags.items()])
+        tags_ = [RunTag(k, v) for k, v in tags.items()]
+        self.client.log_batch(self.run_id, params=config_params(point.flat), tags=tags_)
 
-    def last_logged_step(self, key: str = "test/risk") -> int:
+    def last_logged_step(self, key: str = TEST_RISK) -> int:
         history = self.client.get_metric_history(self.run_id, key)
         return max((m.step for m in history), default=-1)
 
@@ -575,7 +644,7 @@ class TrialRun:
         from mlflow.entities import Metric
 
         ts = _now_ms()
-        self.buffer.append([Metric(k, float(v), ts, step) for k, v in metrics.items() if k != "step"])
+        self.buffer.append([Metric(k, float(v), ts, step) for k, v in metrics.items() if k != STEP])
         if time.monotonic() - self.last_flush >= self.FLUSH_S:
             self.flush()
 
@@ -583,8 +652,8 @@ class TrialRun:
         """Send the evaluations of a checkpoint's history that MLflow lacks (a killed trial's unsent tail)."""
         last = self.last_logged_step()
         for metrics in history:
-            if int(metrics["step"]) > last:
-                self.log(metrics, int(metrics["step"]))
+            if int(metrics[STEP]) > last:
+                self.log(metrics, int(metrics[STEP]))
         self.flush()
 
     def flush(self, tags: list[Any] = ()) -> None:
@@ -610,6 +679,26 @@ class TrialRun:
                 self.client.log_text(self.run_id, traceback, TRACEBACK)
         self.flush(tags=[RunTag("outcome", outcome), *(RunTag(k, v) for k, v in (tags or {}).items())])
         self.client.set_terminated(self.run_id, OUTCOME_STATUS[outcome])
+
+
+def config_params(flat: dict[str, Any]) -> list[Any]:
+    """A run's params: its flat config, each value as the CLI writes it (format_value)."""
+    from mlflow.entities import Param
+
+    return [Param(k, format_value(v)[:PARAM_MAX]) for k, v in flat.items()]
+
+
+def error_tag(text: str) -> str:
+    """The rnnsgd.error tag of a failed run: the last line of its traceback (the exception), cut to fit."""
+    return text.strip().splitlines()[-1][:500]
+
+
+def _ended_since(run: Any, planned_ms: int, restarted: set[str]) -> bool:
+    """Whether a point's run ended its point since the driver planned: FINISHED, or FAILED after planned_ms
+    (a run given up for a new one, RESTARTED, ended nothing)."""
+    status = run.info.status
+    late = (run.info.end_time or 0) >= planned_ms
+    return status == "FINISHED" or (status == "FAILED" and late and run.info.run_id not in restarted)
 
 
 def stored_sweep(name: str, tracking_uri: str | None = None, sets: dict[str, str] | None = None) -> Sweep:

@@ -8,7 +8,7 @@ its last checkpoint if it has one, each into its own run.
             after an interrupted driver), else start at step 0; a checkpoint that cannot be read back
             (truncated, corrupt) restarts its point alone from step 0, in a new run if its old one logged
             anything (the old one ends FAILED, tagged rnnsgd.restarted)
-    loop:   rnnsgd.packed.train_packed(cfgs, on_eval, states), in runs that fit the trial's memory budget
+    loop:   rnnsgd.packed.PackedTrainer(cfgs, states).run(on_eval), in runs that fit the trial's memory budget
             (packing.split_to_fit); on_eval hands a point's metrics to its run (sent in batches,
             tracking.TrialRun), saves its checkpoint (trainer.state_dict() + the run id), closes its run at
             its last evaluation and reports to Tune (at most every REPORT_S); a resumed point first sends
@@ -17,7 +17,8 @@ its last checkpoint if it has one, each into its own run.
             learner: the point leaves the pack, no retry, it would fail again), KILLED (a Tune stop or
             Ctrl+C: SystemExit inside tune.report). An MLflow or storage failure (a checkpoint that cannot
             be written: a full disk) retries the whole trial: its ended points are skipped, the others
-            resume from their checkpoints.
+            resume from their checkpoints; on_eval raises it, and it ends the pack's run (PackedTrainer.run
+            isolates the learner's errors, not on_eval's).
 
 Checkpoints live by point id in the sweep's storage rather than in Tune's trial folders: a retry, a resumed
 sweep and a grown grid all find them the same way, and Tune never snapshots its experiment per checkpoint.
@@ -30,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import signal
 import socket
 import sys
 import time
@@ -41,10 +41,14 @@ from typing import Any
 
 import torch
 
+from rnnsgd.config import TrialConfig
+from rnnsgd.metrics import STEP
+from rnnsgd.sweep import faults
 from rnnsgd.sweep.diskspace import CHECKPOINT
-from rnnsgd.sweep.faults import Fault, parse_faults
+from rnnsgd.sweep.faults import Fault
+from rnnsgd.sweep.jobs import Job, TrialContext
 from rnnsgd.sweep.spec import Point
-from rnnsgd.sweep.tracking import RESTARTED, TrialRun
+from rnnsgd.sweep.tracking import RESTARTED, TrialRun, error_tag
 
 # Reports to Tune at most this often, and at every point's end: a report costs a few ms of the trial's core
 # and of the driver's, and a pack of 16 evaluates hundreds of times a minute. A Tune stop waits for the next.
@@ -127,7 +131,7 @@ class PointStore:
         self.fs.delete_dir(f"{self.root}/{point_id}")
 
 
-def _device(cfg, gpus: list) -> str:
+def _device(cfg: TrialConfig, gpus: list) -> str:
     """cuda when Ray gave this trial a GPU (and set CUDA_VISIBLE_DEVICES), else cpu; an explicit one stays."""
     if cfg.train.device != "auto":
         return cfg.train.device
@@ -139,163 +143,195 @@ class Member:
     """One point of the trial's pack: its config, run, resumed state and faults."""
 
     point: Point
-    cfg: Any  # TrialConfig, train.device resolved
+    cfg: TrialConfig  # train.device resolved
     run: TrialRun
     state: dict[str, Any] | None  # the checkpoint's trainer state, None for a fresh start
     meta: dict[str, Any]  # the checkpoint's meta ({} for a fresh start)
     faults: list[Fault]
     ended: bool = False  # its run is closed
     last_ckpt: float = -float("inf")  # perf_counter() of its last checkpoint
-    tracking_error: TrackingError | None = None
 
 
-def run_trial(config: dict[str, Any], ctx: dict[str, Any], packs: list[list[dict[str, Any]]]) -> None:
-    """Tune function trainable: config = {"i": index into packs}; ctx = the sweep's shared settings; each
-    pack a list of jobs {"point": Point, "run_id": the run to re-attach to, or None}."""
-    import ray
-    from ray import tune
+def run_trial(config: dict[str, Any], ctx: TrialContext, packs: list[list[Job]]) -> None:
+    """Tune function trainable: config = {"i": index into packs}; ctx = the sweep's shared settings."""
+    Trial(ctx, packs[config["i"]]).run()
 
-    from rnnsgd.memory import pack_bytes
-    from rnnsgd.packed import train_packed
-    from rnnsgd.sweep.packing import split_to_fit, trial_budget
-    from rnnsgd.sweep.spec import Pack, Resources
 
-    jobs = packs[config["i"]]
-    device = _device(jobs[0]["point"].config(), ray.get_gpu_ids())
-    torch.set_num_threads(max(1, int(ctx["cpu"])))  # its CPU share: more threads only spin on a busy node
-    os.umask(ctx["umask"])  # its checkpoints are as private as the driver's files
-    store = PointStore(ctx["storage"], ctx["sweep"])
-    trial_id = tune.get_context().get_trial_id()
-    counts = {"points_done": 0, "points_failed": 0}  # in this trial, earlier attempts included
+class Trial:
+    """One trial's pack: each point attached to its run, trained, checkpointed, its run ended."""
 
-    def track(what: str, fn, *args):
+    def __init__(self, ctx: TrialContext, jobs: list[Job]) -> None:
+        import ray
+        from ray import tune
+
+        self.ctx = ctx
+        self.device = _device(jobs[0].point.config, ray.get_gpu_ids())
+        torch.set_num_threads(max(1, int(ctx.resources.cpu)))  # its CPU share: more threads only spin
+        os.umask(ctx.umask)  # its checkpoints are as private as the driver's files
+        self.store = PointStore(ctx.storage, ctx.sweep)
+        self.counts = {"points_done": 0, "points_failed": 0}  # in this trial, earlier attempts included
+        self.members = [mb for mb in map(self.attach, jobs) if mb is not None]
+        tags = {
+            "device": self.device,
+            "rnnsgd.host": socket.gethostname(),
+            "rnnsgd.trial_id": tune.get_context().get_trial_id(),
+            "rnnsgd.node_id": ray.get_runtime_context().get_node_id(),  # a host may run several nodes
+            "rnnsgd.pack_size": str(len(jobs)),
+        }
+        for mb in self.members:
+            resumed = {"rnnsgd.resumed_from_step": str(mb.meta.get("step", 0))}
+            self.track("start", mb.run.start, mb.point, {**tags, **resumed})
+            if mb.state is not None:
+                self.track("relog", mb.run.relog, mb.state["history"])  # what the killed attempt had not sent
+        self.service_s = 0.0  # MLflow requests, checkpoints and Tune reports of every point of the pack
+        self.reported = -float("inf")  # perf_counter() of the last Tune report
+        self.t_start = time.perf_counter()
+
+    def track(self, what: str, fn, *args):
+        """fn(*args), an MLflow call: its failure is a TrackingError, which Tune retries."""
         try:
             return fn(*args)
         except Exception as e:
-            raise TrackingError(f"MLflow at {ctx['tracking_uri']}: {what}: {type(e).__name__}: {e}") from e
+            uri = self.ctx.tracking_uri
+            raise TrackingError(f"MLflow at {uri}: {what}: {type(e).__name__}: {e}") from e
 
-    def restart(point: Point, run: TrialRun, why: str) -> TrialRun:
+    def attach(self, job: Job) -> Member | None:
+        """The point's one run (the driver's interrupted run, or one an earlier attempt opened) and its
+        checkpoint when that belongs to the run; None when an earlier attempt of this trial ended it."""
+        point = job.point
+        run = self.track("attach", TrialRun.attach, self.ctx, point, job.run_id)
+        if run is None:
+            self.counts["points_done"] += 1
+            return None
+        try:
+            saved = self.store.load(point.point_id)
+        except CheckpointError as e:
+            run, saved = self.restart(point, run, str(e)), None
+        if saved is not None and saved["meta"].get("run_id") != run.run_id:
+            saved = None  # left by an earlier run of the point, which failed: start afresh
+        state, meta = (saved["state"], saved["meta"]) if saved else (None, {})
+        point_faults = [f for f in self.ctx.faults if f.matches(point.point_id)]
+        cfg = point.config.replace(**{"train.device": self.device})
+        return Member(point, cfg, run, state, meta, point_faults)
+
+    def restart(self, point: Point, run: TrialRun, why: str) -> TrialRun:
         """An unreadable checkpoint: its point starts again from step 0, alone (its pack-mates resume from
         their own). A run that has logged metrics ends FAILED, tagged RESTARTED with the reason, and a new
         run takes the point, so that no run holds two histories; then the file goes (in this order, so that
         an attempt that dies in between finds the same state or the new run)."""
         print(f"rnnsgd: point {point.point_id}: {why}: it starts again from step 0", file=sys.stderr)
-        if not run.new and track("restart", run.last_logged_step) >= 0:
+        if not run.new and self.track("restart", run.last_logged_step) >= 0:
             tags = {"rnnsgd.error": why[:500], RESTARTED: why[:500]}
-            track("restart", run.finish, "error", tags)
-            run = track("restart", TrialRun.create, ctx["tracking_uri"], ctx, point)
+            self.track("restart", run.finish, "error", tags)
+            run = self.track("restart", TrialRun.create, self.ctx, point)
         try:
-            store.delete(point.point_id)
+            self.store.delete(point.point_id)
         except Exception as e:
-            raise StorageError(f"cannot delete {store.path(point.point_id)}: {type(e).__name__}: {e}") from e
+            path = self.store.path(point.point_id)
+            raise StorageError(f"cannot delete {path}: {type(e).__name__}: {e}") from e
         return run
 
-    members: list[Member] = []
-    for job in jobs:  # each point's one run: the driver's interrupted run, or one an earlier attempt opened
-        point: Point = job["point"]
-        run = track("attach", TrialRun.attach, ctx["tracking_uri"], ctx, point, job.get("run_id"))
-        if run is None:  # an earlier attempt of this trial ended it
-            counts["points_done"] += 1
-            continue
-        try:
-            saved = store.load(point.point_id)
-        except CheckpointError as e:
-            run, saved = restart(point, run, str(e)), None
-        if saved is not None and saved["meta"].get("run_id") != run.run_id:
-            saved = None  # left by an earlier run of the point, which failed: start afresh
-        state, meta = (saved["state"], saved["meta"]) if saved else (None, {})
-        faults = [f for f in parse_faults(ctx.get("fault")) if f.matches(point.point_id)]
-        cfg = point.config().replace(**{"train.device": device})
-        members.append(Member(point, cfg, run, state, meta, faults))
-    tags = {"device": device, "rnnsgd.host": socket.gethostname(), "rnnsgd.trial_id": trial_id,
-            "rnnsgd.node_id": ray.get_runtime_context().get_node_id(),  # a host may run several nodes
-            "rnnsgd.pack_size": str(len(jobs))}  # fmt: skip
-    for mb in members:
-        resumed = {"rnnsgd.resumed_from_step": str(mb.meta.get("step", 0))}
-        track("start", mb.run.start, mb.point, {**tags, **resumed})
-        if mb.state is not None:
-            track("relog", mb.run.relog, mb.state["history"])  # what the killed attempt had not sent
-
-    every_s = ctx["checkpoint_every_s"]
-    clock = {"service_s": 0.0, "reported": -float("inf")}
-    t_start = time.perf_counter()
-
-    def train_s(mb: Member) -> float:
+    def train_s(self, mb: Member) -> float:
         """Its pack's training time while it was in it, over all attempts: this attempt's time, less the
         MLflow requests, checkpoints and Tune reports of every point of the pack."""
-        return mb.meta.get("train_s", 0.0) + (time.perf_counter() - t_start) - clock["service_s"]
+        return mb.meta.get("train_s", 0.0) + (time.perf_counter() - self.t_start) - self.service_s
 
-    def on_eval(mb: Member, metrics: dict[str, float], trainer) -> None:
+    def on_eval(self, mb: Member, metrics: dict[str, float], trainer) -> None:
+        """Log the evaluation, checkpoint the point when it is due, end its run at its last evaluation,
+        report to Tune at most every REPORT_S. MLflow's and the storage's failures end the pack's run."""
+        from ray import tune
+
         t0 = time.perf_counter()
-        step = int(metrics["step"])
-        try:  # infrastructure (MLflow, the storage): this point leaves the pack, and the trial is retried
+        step = int(metrics[STEP])
+        self.log(mb, metrics, step, trainer, t0)
+        if trainer.outcome is not None or t0 - self.reported >= REPORT_S:
+            self.reported = t0
+            tune.report({"step": step, **self.counts})  # where a Tune stop (Ctrl+C, a scheduler) reaches it
+        self.service_s += time.perf_counter() - t0
+        faults.kill_after_checkpoint(mb.faults, step, fresh=mb.state is None)
+
+    def log(self, mb: Member, metrics: dict[str, float], step: int, trainer, t0: float) -> None:
+        """The evaluation to MLflow, a checkpoint to storage when due (t0: now), the run's end at the last
+        evaluation; StorageError or TrackingError when they fail (the trial is retried)."""
+        every_s = self.ctx.checkpoint_every_s
+        try:
             mb.run.log(metrics, step)
             if every_s == 0 or t0 - mb.last_ckpt >= every_s or trainer.outcome is not None:
                 mb.last_ckpt = t0
-                meta = {"run_id": mb.run.run_id, "step": step, "train_s": train_s(mb)}
-                store.save(mb.point.point_id, meta, trainer.state_dict())
+                meta = {"run_id": mb.run.run_id, "step": step, "train_s": self.train_s(mb)}
+                self.store.save(mb.point.point_id, meta, trainer.state_dict())
             if trainer.outcome is not None:
-                mb.run.finish(trainer.outcome, tags={"rnnsgd.train_s": f"{train_s(mb):.3f}"})
+                mb.run.finish(trainer.outcome, tags={"rnnsgd.train_s": f"{self.train_s(mb):.3f}"})
                 mb.ended = True
-                counts["points_done"] += 1
+                self.counts["points_done"] += 1
         except StorageError as e:
-            mb.tracking_error = StorageError(f"at step {step}: {e}")
-            raise mb.tracking_error from e
+            raise StorageError(f"at step {step}: {e}") from e
         except Exception as e:
-            mb.tracking_error = TrackingError(f"MLflow at step {step}: {type(e).__name__}: {e}")
-            raise mb.tracking_error from e
-        if trainer.outcome is not None or t0 - clock["reported"] >= REPORT_S:
-            clock["reported"] = t0
-            tune.report({"step": step, **counts})  # where a Tune stop (Ctrl+C, a scheduler) reaches the trial
-        clock["service_s"] += time.perf_counter() - t0
-        for fault in mb.faults:
-            if step >= fault.step and fault.kind == "raise":
-                raise RuntimeError(f"injected fault (RNNSGD_FAULT raise@{fault.prefix}:{fault.step})")
-            if step >= fault.step and fault.kind == "kill" and mb.state is None:  # not again on the retry
-                os.kill(os.getpid(), signal.SIGKILL)
+            raise TrackingError(f"MLflow at step {step}: {type(e).__name__}: {e}") from e
 
-    budget = trial_budget(torch.device(device), Pack(None, ctx["memory_fraction"]),
-                          Resources(ctx["cpu"], ctx["gpu"]))  # fmt: skip
-    try:
-        for part in split_to_fit([mb.cfg for mb in members], budget):
-            group = [members[k] for k in part]
-            results = train_packed(
-                [mb.cfg for mb in group],
-                lambda k, metrics, trainer, group=group: on_eval(group[k], metrics, trainer),
+    def run(self) -> None:
+        """Train the pack in runs that fit the trial's memory, then end every run still open."""
+        from ray import tune
+
+        try:
+            self.train()
+            total_s = (time.perf_counter() - self.t_start) - self.service_s
+            tune.report({"step": -1, "outcome": "done", "train_s": total_s, **self.counts})
+        except TrackingError:
+            raise  # Tune retries the trial from its points' checkpoints (FailureConfig)
+        except (SystemExit, KeyboardInterrupt):  # a Tune stop (a scheduler, Ctrl+C on the driver)
+            self.end_open("killed", {"rnnsgd.killed_reason": "stopped by Ray Tune"})
+            raise
+        except Exception:  # the pack's own stepping raised: every point still in it FAILED, and no retry
+            tb = traceback.format_exc()
+            self.end_open("error", {"rnnsgd.error": error_tag(tb)}, tb)
+            train_s = time.perf_counter() - self.t_start
+            tune.report({"step": -1, "outcome": "done", "train_s": train_s, **self.counts})
+
+    def train(self) -> None:
+        from rnnsgd.memory import pack_bytes
+        from rnnsgd.packed import PackedTrainer
+        from rnnsgd.sweep.packing import split_to_fit, trial_budget
+
+        budget = trial_budget(torch.device(self.device), self.ctx.pack, self.ctx.resources)
+        for part in split_to_fit([mb.cfg for mb in self.members], budget):
+            group = [self.members[k] for k in part]
+            cfgs = [mb.cfg for mb in group]
+            packed = PackedTrainer(
+                cfgs,
                 [mb.state for mb in group],
-                budget_bytes=max(budget, pack_bytes([mb.cfg for mb in group])),  # a point alone may exceed it
-                isolate_errors=True,
+                budget_bytes=max(budget, pack_bytes(cfgs)),  # a point alone may exceed it
             )
-            for mb, result in zip(group, results, strict=True):
-                if mb.ended or mb.tracking_error is not None:
-                    continue
-                if result.status == "error":  # the learner raised: FAILED, and no retry (it would again)
-                    last = result.error.strip().splitlines()[-1][:500]
-                    _quietly(mb.run.finish, "error", {"rnnsgd.error": last}, result.error)
-                    counts["points_failed"] += 1
-                else:  # resumed from a checkpoint taken at its end: only its run was left to close
-                    track("finish", mb.run.finish, result.status, {"rnnsgd.train_s": f"{train_s(mb):.3f}"})
-                    counts["points_done"] += 1
-                mb.ended = True
-        failed = [mb.tracking_error for mb in members if mb.tracking_error is not None]
-        if failed:
-            raise failed[0]  # Tune retries the trial from its points' checkpoints (FailureConfig)
-        total_s = (time.perf_counter() - t_start) - clock["service_s"]
-        tune.report({"step": -1, "outcome": "done", "train_s": total_s, **counts})
-    except TrackingError:
-        raise
-    except (SystemExit, KeyboardInterrupt):  # a Tune stop (a scheduler, Ctrl+C on the driver)
-        for mb in members:
+            for mb, trainer in zip(group, packed.trainers, strict=True):
+                faults.arm_raise(trainer, mb.faults)
+
+            def on_eval(k: int, metrics: dict[str, float], trainer, group=group) -> None:
+                self.on_eval(group[k], metrics, trainer)
+
+            for mb, result in zip(group, packed.run(on_eval, isolate_errors=True), strict=True):
+                self.finish(mb, result)
+
+    def finish(self, mb: Member, result) -> None:
+        """End a point's run after its pack's run: FAILED when the learner raised (no retry: it would again),
+        else FINISHED (resumed from a checkpoint taken at its end, only its run was left to close)."""
+        if mb.ended:
+            return
+        if result.status == "error":
+            _quietly(mb.run.finish, "error", {"rnnsgd.error": error_tag(result.error)}, result.error)
+            self.counts["points_failed"] += 1
+        else:
+            tags = {"rnnsgd.train_s": f"{self.train_s(mb):.3f}"}
+            self.track("finish", mb.run.finish, result.status, tags)
+            self.counts["points_done"] += 1
+        mb.ended = True
+
+    def end_open(self, outcome: str, tags: dict[str, str], tb: str | None = None) -> None:
+        """On the way out of a stop or a failure: every run still open ends with `outcome`."""
+        for mb in self.members:
             if not mb.ended:
-                _quietly(mb.run.finish, "killed", {"rnnsgd.killed_reason": "stopped by Ray Tune"})
-        raise
-    except Exception:  # the pack's own stepping raised: every point still in it FAILED, and no retry
-        tb = traceback.format_exc()
-        for mb in members:
-            if not mb.ended:
-                _quietly(mb.run.finish, "error", {"rnnsgd.error": tb.strip().splitlines()[-1][:500]}, tb)
-                counts["points_failed"] += 1
-        tune.report({"step": -1, "outcome": "done", "train_s": time.perf_counter() - t_start, **counts})
+                _quietly(mb.run.finish, outcome, tags, tb)
+                if outcome == "error":
+                    self.counts["points_failed"] += 1
 
 
 def _quietly(fn, *args) -> None:
