@@ -102,8 +102,6 @@ def _open(page, url: str, texts: list[str]) -> bool:
 def check_mlflow(page, base: str, experiment: str, out: Path, checks: Checks) -> None:
     from mlflow import MlflowClient
 
-    from rnnsgd.sweep.tracking import TRAINING_PAGES, experiment_url  # the page the sweep tells users to open
-
     client = MlflowClient(tracking_uri=base)  # the UI's server is a tracking server too
     exp = client.get_experiment_by_name(experiment)
     checks.expect(exp is not None, f"MLflow at {base}: experiment {experiment!r} exists")
@@ -115,44 +113,68 @@ def check_mlflow(page, base: str, experiment: str, out: Path, checks: Checks) ->
     names = sorted({r.info.run_name for r in points})
     checks.expect(bool(names), f"experiment {experiment!r}: has point runs ({len(names)})")
     root = f"{base.rstrip('/')}/#/experiments/{exp.experiment_id}"
+    _check_runs_page(page, base, exp.experiment_id, names, out, checks)
+    _check_chart_view(page, base, exp.experiment_id, out, checks)
+    if points:
+        _check_point_run(page, root, points[0], out, checks)
+    if parents:
+        _check_parent_run(page, root, parents[0], out, checks)
 
-    listed = _open(page, experiment_url(base, exp.experiment_id), ["Model training", *names])
+
+def _check_runs_page(
+    page, base: str, experiment_id: str, names: list[str], out: Path, checks: Checks
+) -> None:
+    """The experiment's page as the sweep prints it: model training, every point run listed."""
+    from rnnsgd.sweep.tracking import experiment_url  # the page the sweep tells users to open
+
+    listed = _open(page, experiment_url(base, experiment_id), ["Model training", *names])
     page.wait_for_timeout(500)
     page.screenshot(path=out / "mlflow_runs.png")
     text = page.inner_text("body")
     missing = [n for n in names if n not in text]
-    checks.expect(listed and not missing, f"runs page lists the {len(names)} point runs" +
-                  (f" (missing: {missing[:5]})" if missing else ""))  # fmt: skip
+    checks.expect(
+        listed and not missing,
+        f"runs page lists the {len(names)} point runs" + (f" (missing: {missing[:5]})" if missing else ""),
+    )
     genai = "Observability" in text or "Model registry" not in text  # the side bar of GenAI pages
     checks.expect(not genai, "runs page opens as model training, not GenAI")
 
-    chart_view = experiment_url(base, exp.experiment_id) + "&compareRunsMode=CHART"
+
+def _check_chart_view(page, base: str, experiment_id: str, out: Path, checks: Checks) -> None:
+    from rnnsgd.sweep.tracking import experiment_url
+
+    chart_view = experiment_url(base, experiment_id) + "&compareRunsMode=CHART"
     charted = _open(page, chart_view, [HEADLINE_SECTION, "test/rel_risk_tail", "Step"])
     page.wait_for_timeout(1500)  # the charts draw after their data arrives
     page.screenshot(path=out / "mlflow_charts.png")
     checks.expect(charted, f"chart view shows the {HEADLINE_SECTION!r} section with its charts")
 
-    if points:
-        run = points[0]
-        drawn = _open(
-            page, f"{root}/runs/{run.info.run_id}/model-metrics?{TRAINING_PAGES}", ["Model metrics", "Step"]
-        )
-        # the run page orders its sections by name (act/, gen/, h/, ...): search for the test metrics
-        page.get_by_placeholder("Search metric charts").first.fill("test/")
-        drawn = drawn and _wait_for_texts(page, ["rel_risk_tail", "nrisk"], 30_000)
-        page.wait_for_timeout(1000)  # the charts draw after their data arrives
-        page.screenshot(path=out / "mlflow_run.png")
-        checks.expect(drawn, f"run {run.info.run_name!r}: its page draws metric charts")
-    if parents:
-        parent = parents[0]
-        note = parent.data.tags.get("mlflow.note.content", "")
-        texts = ["Parameters", *([note[:60]] if note else [])]
-        described = _open(page, f"{root}/runs/{parent.info.run_id}?{TRAINING_PAGES}", texts)
-        page.screenshot(path=out / "mlflow_parent.png", full_page=True)
-        checks.expect(described, "parent run's page shows its description and parameters")
+
+def _check_point_run(page, root: str, run, out: Path, checks: Checks) -> None:
+    from rnnsgd.sweep.tracking import TRAINING_PAGES
+
+    drawn = _open(
+        page, f"{root}/runs/{run.info.run_id}/model-metrics?{TRAINING_PAGES}", ["Model metrics", "Step"]
+    )
+    # the run page orders its sections by name (act/, gen/, h/, ...): search for the test metrics
+    page.get_by_placeholder("Search metric charts").first.fill("test/")
+    drawn = drawn and _wait_for_texts(page, ["rel_risk_tail", "nrisk"], 30_000)
+    page.wait_for_timeout(1000)  # the charts draw after their data arrives
+    page.screenshot(path=out / "mlflow_run.png")
+    checks.expect(drawn, f"run {run.info.run_name!r}: its page draws metric charts")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _check_parent_run(page, root: str, parent, out: Path, checks: Checks) -> None:
+    from rnnsgd.sweep.tracking import TRAINING_PAGES
+
+    note = parent.data.tags.get("mlflow.note.content", "")
+    texts = ["Parameters", *([note[:60]] if note else [])]
+    described = _open(page, f"{root}/runs/{parent.info.run_id}?{TRAINING_PAGES}", texts)
+    page.screenshot(path=out / "mlflow_parent.png", full_page=True)
+    checks.expect(described, "parent run's page shows its description and parameters")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--report", type=Path, help="a report.html to open")
     parser.add_argument("--mlflow", help="the MLflow UI's address, e.g. http://127.0.0.1:5000")
@@ -166,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--mlflow needs --experiment")
     if args.report and not args.report.is_file():
         parser.error(f"--report {args.report}: no such file")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if why := browser_missing(args.chromium):
         print(f"browser_check: {why}", file=sys.stderr)
         return 2

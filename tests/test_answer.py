@@ -2,7 +2,6 @@
 
 sweeps/smoke.yaml as a user runs it (long_range at m = 256, L = 3..24, N = 8..1024, three teachers, and a
 parity control): real training on a real local Ray, tracked in a real MLflow store, read back by the report.
-About five minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import os
 
 import pytest
 
-from rnnsgd.analysis import report
+from rnnsgd.analysis import render, report
 from rnnsgd.sweep.runner import run_sweep
 from rnnsgd.sweep.spec import load_sweep
 
@@ -36,7 +35,7 @@ def test_quickstart_sweep_answers_c1_and_its_control_fails_as_predicted(ray_loca
     assert (main["test/rel_risk_tail"] < 0.5).all(), main[["data.L", "seed.teacher", "test/rel_risk_tail"]]
     assert [c.id for c in rep.claims if c.targeted] == ["C1"]
 
-    page = report.write_findings(rep, tmp_path / "findings.md", ["made by the test"])
+    page = render.write_findings(rep, tmp_path / "findings.md", ["made by the test"])
     text = page.read_text()
     assert "made by the test" in text and f"## C1: {c1.verdict}" in text and "## Scale and caveats" in text
     for line in text.splitlines():  # every figure the page shows is beside it

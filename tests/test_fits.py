@@ -98,7 +98,7 @@ def test_gradient_and_hessian_match_finite_differences(name):
     ],
 )
 def test_noise_free_recovery(law, params):
-    t = select_scaling_law(points(law, params), y="ystar", laws=(law,), n_boot=0, holdout=0)
+    t = select_scaling_law(points(law, params), y="ystar", laws=(law,), n_boot=0, holdout=0).table
     r = t.iloc[0]
     assert r["converged"]
     for p, v in params.items():
@@ -116,31 +116,32 @@ def noisy():
 
 
 def test_noisy_recovery_within_cis_and_verdicts(noisy):
-    p = noisy["power"].set_index("law")
+    p = noisy["power"].table.set_index("law")
     assert p.loc["power", "k_lo"] < 2.0 < p.loc["power", "k_hi"]
-    assert noisy["power"].attrs["verdict"] == "polynomial"
-    assert noisy["power"].attrs["vuong_z"] > 3
-    e = noisy["exponential"].set_index("law")
+    assert noisy["power"].verdict == "polynomial"
+    assert noisy["power"].vuong_z > 3
+    e = noisy["exponential"].table.set_index("law")
     assert e.loc["exponential", "c_lo"] < 0.15 < e.loc["exponential", "c_hi"]
-    assert noisy["exponential"].attrs["verdict"] == "exponential"
-    assert noisy["exponential"].attrs["vuong_z"] < -3
-    for t in noisy.values():
+    assert noisy["exponential"].verdict == "exponential"
+    assert noisy["exponential"].vuong_z < -3
+    for r in noisy.values():
+        t = r.table
         assert t["converged"].all() and (t["boot_ok"] > 0.99).all()
         assert t["p_win"].sum() == pytest.approx(1.0)
         assert t["akaike_weight"].sum() == pytest.approx(1.0)
         assert t["delta_aicc"].min() == 0.0
-        assert t.attrs["extrap_cutoff"] == 24.0  # fit L <= 24, predict 32..64 (E1)
+        assert r.extrap_cutoff == 24.0  # fit L <= 24, predict 32..64 (E1)
         assert t["extrap_nll"].notna().all()
 
 
 def test_boxcox_theta_near_0_for_power_and_near_1_for_exponential(noisy):
-    tp, te = noisy["power"].attrs, noisy["exponential"].attrs
-    assert abs(tp["boxcox_theta"]) < 0.2 and tp["boxcox_theta_ci"][0] < 0 < tp["boxcox_theta_ci"][1]
-    assert abs(te["boxcox_theta"] - 1) < 0.2 and te["boxcox_theta_ci"][0] < 1 < te["boxcox_theta_ci"][1]
-    assert not tp["boxcox_theta_ci"][0] < 1 < tp["boxcox_theta_ci"][1]
-    assert not te["boxcox_theta_ci"][0] < 0 < te["boxcox_theta_ci"][1]
+    tp, te = noisy["power"], noisy["exponential"]
+    assert abs(tp.boxcox_theta) < 0.2 and tp.boxcox_theta_ci[0] < 0 < tp.boxcox_theta_ci[1]
+    assert abs(te.boxcox_theta - 1) < 0.2 and te.boxcox_theta_ci[0] < 1 < te.boxcox_theta_ci[1]
+    assert not tp.boxcox_theta_ci[0] < 1 < tp.boxcox_theta_ci[1]
+    assert not te.boxcox_theta_ci[0] < 0 < te.boxcox_theta_ci[1]
     # the encompassing model: c = 0 not rejected for power data, clearly rejected for exponential data
-    assert tp["lr_c_p"] > 0.01 and te["lr_c_p"] < 1e-6
+    assert tp.lr_c_p > 0.01 and te.lr_c_p < 1e-6
 
 
 def test_dropping_censored_units_underestimates_the_rate():
@@ -151,10 +152,10 @@ def test_dropping_censored_units_underestimates_the_rate():
     th = threshold(df, level=0.05)
     assert (th["censor"] == "right").sum() >= 20 and (th["censor"] == "left").sum() >= 20
     laws = ("power", "exponential")
-    full = select_scaling_law(th, laws=laws, n_boot=300, holdout=0, seed=0).set_index("law")
+    full = select_scaling_law(th, laws=laws, n_boot=300, holdout=0, seed=0).table.set_index("law")
     naive = select_scaling_law(
         th[th["censor"] == "none"], laws=laws, n_boot=300, holdout=0, seed=0, min_span=1
-    ).set_index("law")
+    ).table.set_index("law")
     # censored ML: CI covers the true rate; dropping the failures: biased low, CI misses it
     assert full.loc["exponential", "c_lo"] < 0.15 < full.loc["exponential", "c_hi"]
     assert naive.loc["exponential", "c_hi"] < 0.15
@@ -169,9 +170,11 @@ def test_exact_mode_uses_interpolated_crossings_and_keeps_censoring():
     ok = (th["censor"] == "none").to_numpy()
     np.testing.assert_array_equal(data.obs.lo[ok], np.log(th["x_star"].to_numpy()[ok]))
     assert np.array_equal(data.obs.exact, ok) and data.n_left == (th["censor"] == "left").sum()
-    t = select_scaling_law(th, censoring="exact", laws=("power", "exponential"), n_boot=100).set_index("law")
+    r = select_scaling_law(th, censoring="exact", laws=("power", "exponential"), n_boot=100)
+    t = r.table.set_index("law")
     assert t.loc["power", "k_lo"] < 2.0 < t.loc["power", "k_hi"]
-    assert t.attrs["censoring"] == "exact"
+    assert r.censoring == "exact"
+    assert r.thresholds is th  # the rows it was fitted on, for the report's figure
 
 
 # --- the verdict's honesty ---
@@ -200,10 +203,10 @@ def test_bad_input_raises_named_errors():
 
 def test_short_grid_gives_fits_but_no_verdict():
     df = synthetic_runs("power", np.random.default_rng(0), L=(4, 8, 16), seeds=3, seeds_large=3)
-    t = select_scaling_law(df, level=0.05, n_boot=50, laws=("power", "exponential", "encompassing"))
-    assert t.attrs["verdict"] == "insufficient data" and "spans 4x" in t.attrs["verdict_reason"]
-    assert t["converged"].all()
-    assert select_scaling_law(df, level=0.05, n_boot=0, min_span=4).attrs["verdict"] == "inconclusive"
+    r = select_scaling_law(df, level=0.05, n_boot=50, laws=("power", "exponential", "encompassing"))
+    assert r.verdict == "insufficient data" and "spans 4x" in r.verdict_reason
+    assert r.table["converged"].all()
+    assert select_scaling_law(df, level=0.05, n_boot=0, min_span=4).verdict == "inconclusive"
 
 
 def test_vuong_known_answer():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sweep_testlib import client, write_sweep
 
-from rnnsgd.analysis import report
+from rnnsgd.analysis import render, report
 from rnnsgd.analysis.load import load_history, load_runs
 from rnnsgd.cli import main
 from rnnsgd.sweep.runner import git_sha
@@ -30,11 +30,12 @@ def swept(ray_local, tmp_path_factory) -> dict[str, str]:
 
     tmp = tmp_path_factory.mktemp("report")
     path = write_sweep(
-        tmp, NAME,
+        tmp,
+        NAME,
         base={"train.T": 400, "data.n_test": 128},
         grid={"data.L": [4, 8, 16], "data.N": [16, 64, 256], "model.m": [32, 64]},
         seeds=2,
-    )  # fmt: skip
+    )
     uri = f"sqlite:///{tmp}/mlflow.db"
     sweep = load_sweep(str(path), None, {})
     result = run_sweep(sweep, out=io.StringIO(), tracking_uri=uri, storage=str(tmp / "ray"))
@@ -61,8 +62,22 @@ def test_report_states_every_claim_with_evidence_and_logs_it_on_the_parent(swept
     # normalized risk: one level that some seeds cross and some do not, at every L
     level = float(runs["test/nrisk"].median())
     out = tmp_path / "rep"
-    code = main(["report", swept["file"], "--tracking-uri", swept["uri"], "--out", str(out),
-                 "--metric", "test/nrisk", "--level", str(level), "--n-boot", "50"])  # fmt: skip
+    code = main(
+        [
+            "report",
+            swept["file"],
+            "--tracking-uri",
+            swept["uri"],
+            "--out",
+            str(out),
+            "--metric",
+            "test/nrisk",
+            "--level",
+            str(level),
+            "--n-boot",
+            "50",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     verdicts = dict(line.split(": ", 1) for line in printed.splitlines() if line[:1] == "C" and ": " in line)
@@ -105,8 +120,20 @@ def test_report_states_every_claim_with_evidence_and_logs_it_on_the_parent(swept
 
 
 def test_analyze_prints_the_report_without_figures(swept, capsys):
-    code = main(["analyze", NAME, "--tracking-uri", swept["uri"], "--metric", "test/nrisk",
-                 "--level", "0.5", "--n-boot", "20"])  # fmt: skip
+    code = main(
+        [
+            "analyze",
+            NAME,
+            "--tracking-uri",
+            swept["uri"],
+            "--metric",
+            "test/nrisk",
+            "--level",
+            "0.5",
+            "--n-boot",
+            "20",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "## C4: " in printed and "## Provenance" in printed and f"by `rnnsgd analyze {NAME}" in printed
@@ -163,7 +190,7 @@ def test_empty_sweep_gives_a_report_that_says_what_is_missing(tmp_path):
     rep = report.build("half", uri, tmp_path / "out")
     assert {c.verdict for c in rep.claims} == {"insufficient data"}
     assert all("no FINISHED runs" in c.evidence for c in rep.claims)
-    md, _ = report.write(rep, tmp_path / "out")
+    md, _ = render.write(rep, tmp_path / "out")
     assert "insufficient data" in md.read_text()
 
 
@@ -175,13 +202,19 @@ def test_notebook_runs_against_the_sweep(swept, notebook, tmp_path, monkeypatch)
     import nbclient
     import nbformat
 
-    env = {"RNNSGD_SWEEP": NAME, "MLFLOW_TRACKING_URI": swept["uri"], "RNNSGD_N_BOOT": "20",
-           "RNNSGD_OUT": str(tmp_path), "RNNSGD_LEVEL": "0.5"}  # fmt: skip
+    env = {
+        "RNNSGD_SWEEP": NAME,
+        "MLFLOW_TRACKING_URI": swept["uri"],
+        "RNNSGD_N_BOOT": "20",
+        "RNNSGD_OUT": str(tmp_path),
+        "RNNSGD_LEVEL": "0.5",
+    }
     for k, v in env.items():
         monkeypatch.setenv(k, v)  # the kernel inherits this process's environment
     nb = nbformat.read(notebook, as_version=4)
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(notebook.parent)}}).execute()  # fmt: skip
+    nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}
+    ).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any(o.output_type in ("display_data", "execute_result") for o in outputs)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rnnsgd.analysis import plots, report
+from rnnsgd.analysis import plots, render, report
 
 Y = "test/rel_risk_tail"
 
@@ -26,20 +26,43 @@ def grid_runs() -> pd.DataFrame:
         for N in (16, 64, 256):
             for seed in (0, 1):
                 risk = min(1.0, 0.05 * L * 64 / N) + 0.01 * seed
-                rows.append({"data.L": L, "data.N": N, "seed.teacher": seed, "seed.run": seed, Y: risk,
-                             "status": "FINISHED", "outcome": "budget", "data.online": False,
-                             "run_id": f"run{L}x{N}x{seed}"})  # fmt: skip
-    runs = pd.DataFrame(rows).assign(**{"model.m": 64, "data.task": "paper", "data.eps_x": 0.5,
-                                        "model.w_var": 2.0, "model.activation": "relu"})  # fmt: skip
+                rows.append(
+                    {
+                        "data.L": L,
+                        "data.N": N,
+                        "seed.teacher": seed,
+                        "seed.run": seed,
+                        Y: risk,
+                        "status": "FINISHED",
+                        "outcome": "budget",
+                        "data.online": False,
+                        "run_id": f"run{L}x{N}x{seed}",
+                    }
+                )
+    runs = pd.DataFrame(rows).assign(
+        **{
+            "model.m": 64,
+            "data.task": "paper",
+            "data.eps_x": 0.5,
+            "model.w_var": 2.0,
+            "model.activation": "relu",
+        }
+    )
     runs.loc[0, [Y, "outcome"]] = [7.5e10, "diverged"]
     return runs
 
 
 def provenance(uri: str = "sqlite:////data/mlflow.db") -> report.Provenance:
     return report.Provenance(
-        written="2026-01-02 03:04 UTC", code_sha="abc123", run_shas=["def456"], tracking_uri=uri,
-        experiment_id="7", parent_run_id="parent0", wall_minutes=3.5, command="rnnsgd report s",
-    )  # fmt: skip
+        written="2026-01-02 03:04 UTC",
+        code_sha="abc123",
+        run_shas=["def456"],
+        tracking_uri=uri,
+        experiment_id="7",
+        parent_run_id="parent0",
+        wall_minutes=3.5,
+        command="rnnsgd report s",
+    )
 
 
 def test_the_page_has_provenance_links_the_grid_at_the_level_and_its_figures_inlined(tmp_path):
@@ -50,7 +73,7 @@ def test_the_page_has_provenance_links_the_grid_at_the_level_and_its_figures_inl
     evidence = "no run logged lags/r2_<lag>; N*(L) and T*(L) stay as they are"
     claims = [report.Claim("C1", "text", "polynomial", evidence, criterion=report.criterion("N*", Y, 0.5))]
     rep = report.Report("s", runs, report.grid_table(runs), claims, figures, Y, 0.5, provenance())
-    md_path, html_path = report.write(rep, tmp_path)
+    md_path, html_path = render.write(rep, tmp_path)
     md, page = md_path.read_text(), html_path.read_text()
 
     ui = "http://127.0.0.1:5000/#/experiments/7"
@@ -88,14 +111,14 @@ def test_links_go_to_the_tracking_server_itself_when_there_is_one():
     )
     assert p.ui_command() == ""
     rep = report.Report("s", grid_runs(), pd.DataFrame(), [], {}, Y, 0.5, p)
-    assert "the MLflow UI of the tracking server (https://mlflow.example.org)" in report.provenance_md(rep)
+    assert "the MLflow UI of the tracking server (https://mlflow.example.org)" in render.provenance_md(rep)
 
 
 def test_the_terminal_markdown_has_no_figures():
     runs = grid_runs()
     figures = {"risk_N_L": [Path("figures/risk_N_L.png")]}
     rep = report.Report("s", runs, report.grid_table(runs), [], figures, Y, 0.5, provenance())
-    md = report.to_markdown(rep, figures=None)
+    md = render.to_markdown(rep, figures=None)
     assert "median test/rel_risk_tail over N x L" in md and ".png" not in md and "Figure:" not in md
 
 

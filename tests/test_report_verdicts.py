@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sweep_testlib import log_points
 
-from rnnsgd.analysis import report
+from rnnsgd.analysis import render, report
 from rnnsgd.analysis.thresholds import DEFAULT_LEVEL, DEFAULT_METRIC, RELATIVE_CAVEAT
 from rnnsgd.analysis.validate import synthetic_runs
 from rnnsgd.cli import EXIT_BAD_INPUT, main
@@ -169,13 +169,11 @@ def test_the_grid_decides_which_claims_are_targeted():
 
 
 def test_c5_reads_the_relative_metric_and_leaves_diverged_runs_out():
-    rows = [
-        {**MAIN, Y: 0.1, "w/spectral_radius": r} for r in (1.3, 1.4, 1.5, 1.6)
-    ] + [
+    rows = [{**MAIN, Y: 0.1, "w/spectral_radius": r} for r in (1.3, 1.4, 1.5, 1.6)] + [
         {**MAIN, Y: np.nan, "w/spectral_radius": 50.0, "outcome": "diverged"},
         {**MAIN, Y: 0.9, "w/spectral_radius": 0.7, "model.w_var": 1.0},
         {**MAIN, Y: 0.6, "w/spectral_radius": 1.2},  # not learned: above the level
-    ]  # fmt: skip
+    ]
     claim = report.claim_c5(pd.DataFrame(rows))
     assert claim.verdict == "supported", claim.evidence
     assert (
@@ -200,8 +198,14 @@ def lags_runs(together: dict[int, float], seeds: int = 4) -> pd.DataFrame:
                 rows.append(
                     {"data.task": "lags", "data.N": N, "data.lags": (g,), f"lags/r2_{g}": 0.9 + jitter}
                 )
-            rows.append({"data.task": "lags", "data.N": N, "data.lags": (1, 2, 4),
-                         **{f"lags/r2_{g}": r + jitter for g, r in together.items()}})  # fmt: skip
+            rows.append(
+                {
+                    "data.task": "lags",
+                    "data.N": N,
+                    "data.lags": (1, 2, 4),
+                    **{f"lags/r2_{g}": r + jitter for g, r in together.items()},
+                }
+            )
     return pd.DataFrame(rows).assign(**{"seed.run": 0})
 
 
@@ -228,7 +232,7 @@ def test_markdown_states_the_threshold_and_lists_untargeted_claims_on_one_line(t
         report.Claim("C6", "t", "not targeted", "needs " + report.NEEDS["C6"], targeted=False),
     ]
     runs = pd.DataFrame({"status": ["FINISHED"]})
-    md = report.to_markdown(report.Report("s", runs, pd.DataFrame(), claims, {}, Y, 0.5))
+    md = render.to_markdown(report.Report("s", runs, pd.DataFrame(), claims, {}, Y, 0.5))
     assert (
         "N* = smallest N whose tail-averaged baseline-relative excess risk (test/rel_risk_tail) is <= 0.5"
         in md
@@ -240,7 +244,7 @@ def test_markdown_states_the_threshold_and_lists_untargeted_claims_on_one_line(t
     )
     assert "## C1: polynomial" in md and "## C3" not in md
     absolute = report.Report("s", runs, pd.DataFrame(), claims, {}, "test/excess_risk", 0.1)
-    md = report.to_markdown(absolute)
+    md = render.to_markdown(absolute)
     assert RELATIVE_CAVEAT not in md and "absolute excess test risk (test/excess_risk) is <= 0.1" in md
 
 

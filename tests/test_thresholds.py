@@ -110,7 +110,7 @@ def test_t_star_from_a_history_frame_and_negative_excess():
             "test/excess_risk": [1.0, 0.5, 0.2, 0.05, 0.01, 1.0, 0.9, 0.3, -0.01, -0.02],
         }
     )
-    th = threshold(hist, x="step", level=0.1, by=("run_id",), unit=()).set_index("run_id")
+    th = threshold(hist, curve_x="step", level=0.1, by=("run_id",), unit=()).set_index("run_id")
     t = (np.log(0.2) - np.log(0.1)) / (np.log(0.2) - np.log(0.05))
     assert th.loc["a", "x_star"] == pytest.approx(np.exp(np.log(100) + t * np.log(10)))
     # smoothed value <= 0 at the upper end: linear in y, log in x
@@ -227,7 +227,7 @@ def test_t_star_reason_is_its_runs_outcome():
             "outcome": ["budget"] * 4 + ["completed"] * 4 + ["completed"] * 4,
         }
     )
-    th = threshold(hist, x="step", y="test/rel_risk_tail", level=0.5, by=("run_id",), unit=())
+    th = threshold(hist, curve_x="step", y="test/rel_risk_tail", level=0.5, by=("run_id",), unit=())
     assert list(th["reason"]) == ["budget", "plateau", ""]
     assert th["x_star"].iloc[2] == pytest.approx(100.0)
 
@@ -240,10 +240,8 @@ def test_censoring_summary_flags_budget_limited_cells():
     outcomes |= {(16, 0, 0): "completed", (16, 0, 1): "budget", (16, 0, 2): "diverged"}
     rows[(16, 0, 2)] = np.full(len(N_GRID), np.nan)
     s = censoring_summary(threshold(with_outcomes(rows, outcomes), level=0.1)).set_index("data.L")
-    assert list(s.columns) == [
-        "level", "units", "crossed", "below_at_smallest", "budget", "plateau", "diverged", "not_reached",
-        "budget_limited",
-    ]  # fmt: skip
+    columns = "level units crossed below_at_smallest budget plateau diverged not_reached budget_limited"
+    assert list(s.columns) == columns.split()
     assert s.loc[4, ["units", "crossed", "budget", "diverged"]].tolist() == [3, 1, 2, 0]
     assert s.loc[16, ["units", "crossed", "budget", "diverged"]].tolist() == [3, 1, 1, 1]
     assert bool(s.loc[4, "budget_limited"]) and not bool(s.loc[16, "budget_limited"])  # 2 of 3 vs 1 of 3

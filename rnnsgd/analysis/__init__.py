@@ -1,6 +1,7 @@
 """rnnsgd.analysis: runs -> thresholds (N*, T*) -> fits -> verdicts (docs/claims.md)."""
 
 from .fits import (
+    ScalingLawFit,
     aggregate_seeds,
     fit_additive_power_law,
     fit_learning_curve,
@@ -11,6 +12,7 @@ from .thresholds import threshold
 from .validate import run_validation
 
 __all__ = [
+    "ScalingLawFit",
     "aggregate_seeds",
     "fit_additive_power_law",
     "fit_learning_curve",

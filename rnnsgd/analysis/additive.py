@@ -169,71 +169,22 @@ def fit_additive_power_law(
     max_starts: the grid of starts is thinned at random to this many; every start runs 200 L-BFGS-B
     iterations and the n_polish best are run to convergence.
     n_boot: bootstrap refits (rows resampled, or whole clusters if `cluster` names a column), each warm-
-    started from the best full-data fit (checked: cold restarts from the whole grid reach the same optima);
-    CIs are percentile intervals at ci_level. With few distinct x values they run narrow: for one feature on
-    11 points the bootstrap sd of A was ~0.75x its sd over fresh data sets; read them as indicative.
+    started from the best full-data fit (cold restarts from the whole grid reach the same optima);
+    CIs are percentile intervals at ci_level. With few distinct x values they run narrow (a resample
+    repeats the same few points): read them as indicative.
     """
-    what = "fit_additive_power_law"
     features = tuple(features)
-    missing = [c for c in (target, *features, *([cluster] if cluster else [])) if c not in df.columns]
-    if missing:
-        raise ValueError(f"{what}: missing columns {missing}")
-    if not features:
-        raise ValueError(f"{what}: need at least one feature")
+    d = _finite_rows(df, target, features, cluster, E)
     rng = np.random.default_rng(seed)
-    d = df[np.isfinite(df[target].to_numpy(dtype=float))]
-    y = d[target].to_numpy(dtype=float)
-    Xr = d[list(features)].to_numpy(dtype=float)
-    if np.any(y <= 0) or np.any(~np.isfinite(Xr)) or np.any(Xr <= 0):
-        raise ValueError(f"{what}: target and features must be > 0 (log scale); filter the frame")
-    e_fixed = None if E is None else (-np.inf if E == 0 else float(np.log(E)))
-    if E is not None and E < 0:
-        raise ValueError(f"{what}: E must be >= 0, got {E}")
-    K = len(features)
-    n_par = (1 if E is None else 0) + 2 * K
-    if len(y) <= n_par:
-        raise ValueError(f"{what}: {len(y)} rows for {n_par} parameters")
-    X, ly, w = np.log(Xr), np.log(y), np.ones(len(y))
-    bounds = _bounds(K, E is None)
-
-    # every start for a few hundred iterations, then the best few polished to full convergence: the
-    # same optimum as running all of them to the end, at a fraction of the cost
-    starts = _grid(X, ly, E is None, max_starts, rng)
-    lim = np.array(bounds).T
-    first = [_run(np.clip(s0, *lim), X, ly, w, e_fixed, delta, bounds, maxiter=200) for s0 in starts]
-    order = np.argsort([r[1] for r in first])[:n_polish]
-    best = None
-    for i in order:
-        th, loss, ok, pg = _run(first[i][0], X, ly, w, e_fixed, delta, bounds)
-        if best is None or (ok, -loss) > (best[2], -best[1]):
-            best = (th, loss, ok, pg)
-    theta, loss, ok, pg = best
-
-    names = (["E"] if E is None else []) + [f"A[{f}]" for f in features] + [f"alpha[{f}]" for f in features]
-
-    def natural(th):  # log-parameters -> E, A, alpha
-        e, a, al = _unpack(th, K, e_fixed)
-        return np.r_[([np.exp(e)] if E is None else []), np.exp(a), al]
-
-    est = natural(theta)
-    lo = hi = np.full(n_par, np.nan)
+    p = _Problem.of(d, target, features, E, delta)
+    starts = _grid(p.X, p.ly, E is None, max_starts, rng)
+    theta, loss, ok, pg = _best_of(p, starts, n_polish)
+    lo = hi = np.full(p.n_par, np.nan)
     boot_ok = float("nan")
     if n_boot > 0:
-        groups = d[cluster].to_numpy() if cluster else np.arange(len(y))
-        ids, inv = np.unique(groups, return_inverse=True)
-        samples, oks = [], []
-        for _ in range(n_boot):
-            cnt = np.bincount(rng.integers(0, len(ids), len(ids)), minlength=len(ids))
-            th_b, _, ok_b, _ = _run(theta, X, ly, cnt[inv].astype(float), e_fixed, delta, bounds)
-            samples.append(natural(th_b) if ok_b else np.full(n_par, np.nan))
-            oks.append(ok_b)
-        lo, hi = percentile_ci(np.array(samples), level=ci_level)
-        boot_ok = float(np.mean(oks))
-    ci = pd.DataFrame({"estimate": est, "lo": lo, "hi": hi}, index=names)
-    if E is not None:
-        ci = pd.concat(
-            [pd.DataFrame({"estimate": [float(E)], "lo": [np.nan], "hi": [np.nan]}, index=["E"]), ci]
-        )
+        groups = d[cluster].to_numpy() if cluster else np.arange(len(p.ly))
+        lo, hi, boot_ok = _bootstrap_ci(p, theta, groups, n_boot, ci_level, rng)
+    ci = _ci_table(p, theta, lo, hi, E)
     return PowerLawFit(
         features=features,
         E=float(ci.loc["E", "estimate"]),
@@ -243,11 +194,104 @@ def fit_additive_power_law(
         converged=bool(ok),
         grad_norm=float(pg),
         n_starts=len(starts),
-        n_obs=len(y),
+        n_obs=len(p.ly),
         E_fixed=E is not None,
         ci=ci,
         boot_ok=boot_ok,
     )
+
+
+def _finite_rows(df: pd.DataFrame, target: str, features: tuple[str, ...], cluster, E) -> pd.DataFrame:
+    """The rows with a finite target, after checking that the columns exist and the logs can be taken."""
+    what = "fit_additive_power_law"
+    missing = [c for c in (target, *features, *([cluster] if cluster else [])) if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what}: missing columns {missing}")
+    if not features:
+        raise ValueError(f"{what}: need at least one feature")
+    d = df[np.isfinite(df[target].to_numpy(dtype=float))]
+    y = d[target].to_numpy(dtype=float)
+    Xr = d[list(features)].to_numpy(dtype=float)
+    if np.any(y <= 0) or np.any(~np.isfinite(Xr)) or np.any(Xr <= 0):
+        raise ValueError(f"{what}: target and features must be > 0 (log scale); filter the frame")
+    if E is not None and E < 0:
+        raise ValueError(f"{what}: E must be >= 0, got {E}")
+    n_par = (1 if E is None else 0) + 2 * len(features)
+    if len(y) <= n_par:
+        raise ValueError(f"{what}: {len(y)} rows for {n_par} parameters")
+    return d
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """One additive fit on the log scale: log features X (n, K), log target ly (n,), log E held fixed
+    (e_fixed: None when E is fitted, -inf without an E term), the Huber delta, the box bounds and the
+    names of the natural parameters (E, A[f], alpha[f])."""
+
+    X: np.ndarray
+    ly: np.ndarray
+    e_fixed: float | None
+    delta: float
+    bounds: list
+    names: list[str]
+
+    @classmethod
+    def of(cls, d: pd.DataFrame, target: str, features: tuple[str, ...], E, delta: float) -> _Problem:
+        e_fixed = None if E is None else (-np.inf if E == 0 else float(np.log(E)))
+        names = [*(["E"] if E is None else []), *(f"A[{f}]" for f in features)]
+        names += [f"alpha[{f}]" for f in features]
+        X, ly = np.log(d[list(features)].to_numpy(dtype=float)), np.log(d[target].to_numpy(dtype=float))
+        return cls(X, ly, e_fixed, delta, _bounds(len(features), E is None), names)
+
+    @property
+    def n_par(self) -> int:
+        return len(self.names)
+
+    def run(self, theta0: np.ndarray, w: np.ndarray, maxiter: int = 5000):
+        return _run(theta0, self.X, self.ly, w, self.e_fixed, self.delta, self.bounds, maxiter=maxiter)
+
+    def natural(self, theta: np.ndarray) -> np.ndarray:
+        """Log-parameters -> E (when fitted), A, alpha."""
+        e, a, al = _unpack(theta, self.X.shape[1], self.e_fixed)
+        return np.r_[([np.exp(e)] if self.e_fixed is None else []), np.exp(a), al]
+
+
+def _best_of(p: _Problem, starts: np.ndarray, n_polish: int):
+    """Every start for a few hundred iterations, then the n_polish best run to full convergence: the same
+    optimum as running all of them to the end, at a fraction of the cost. Returns (theta, loss, ok, pg)."""
+    w = np.ones(len(p.ly))
+    lim = np.array(p.bounds).T
+    first = [p.run(np.clip(s0, *lim), w, maxiter=200) for s0 in starts]
+    best = None
+    for i in np.argsort([r[1] for r in first])[:n_polish]:
+        th, loss, ok, pg = p.run(first[i][0], w)
+        if best is None or (ok, -loss) > (best[2], -best[1]):
+            best = (th, loss, ok, pg)
+    return best
+
+
+def _bootstrap_ci(p: _Problem, theta: np.ndarray, groups: np.ndarray, n_boot: int, ci_level: float, rng):
+    """Percentile CIs (lo, hi) of the natural parameters over n_boot resamples of the groups, each refit
+    warm-started at theta, and the share of refits that converged."""
+    ids, inv = np.unique(groups, return_inverse=True)
+    samples, oks = [], []
+    for _ in range(n_boot):
+        cnt = np.bincount(rng.integers(0, len(ids), len(ids)), minlength=len(ids))
+        th_b, _, ok_b, _ = p.run(theta, cnt[inv].astype(float))
+        samples.append(p.natural(th_b) if ok_b else np.full(p.n_par, np.nan))
+        oks.append(ok_b)
+    lo, hi = percentile_ci(np.array(samples), level=ci_level)
+    return lo, hi, float(np.mean(oks))
+
+
+def _ci_table(p: _Problem, theta: np.ndarray, lo, hi, E: float | None) -> pd.DataFrame:
+    """One row per parameter (estimate, lo, hi), a fixed E first with no CI."""
+    ci = pd.DataFrame({"estimate": p.natural(theta), "lo": lo, "hi": hi}, index=p.names)
+    if E is not None:
+        ci = pd.concat(
+            [pd.DataFrame({"estimate": [float(E)], "lo": [np.nan], "hi": [np.nan]}, index=["E"]), ci]
+        )
+    return ci
 
 
 def fit_learning_curve(

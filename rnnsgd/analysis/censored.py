@@ -161,6 +161,28 @@ def _blocked(params, G, lower, upper, fixed):
     return fixed[None, :] | ((params <= lower) & (G < 0)) | ((params >= upper) & (G > 0))
 
 
+def _projected_grad_norm(law, params: np.ndarray, G: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+    """Largest entry of the gradient over the coordinates free to move, per problem (inf where NaN)."""
+    pg = np.abs(np.where(_blocked(params, G, law.lower, law.upper, fixed), 0.0, G))
+    return np.nan_to_num(pg.max(axis=1), nan=np.inf)
+
+
+def _newton_step(law, params, G, H, lam, fixed) -> np.ndarray:
+    """The candidate of one damped Newton step on |Hessian| (eigenvalues made positive, so the step goes
+    uphill) over the free coordinates, damped by lam times the largest eigenvalue, clipped to the bounds."""
+    blk = _blocked(params, G, law.lower, law.upper, fixed)
+    free = (~blk).astype(float)
+    g = np.where(blk, 0.0, G)
+    g = np.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+    Hn = np.nan_to_num(-H) * free[:, :, None] * free[:, None, :] + np.eye(params.shape[1]) * blk[:, None, :]
+    e, V = np.linalg.eigh(Hn)
+    ae = np.abs(e)
+    damp = lam[:, None] * np.maximum(ae.max(axis=1, keepdims=True), 1e-12)
+    step = np.einsum("pij,pj->pi", V, np.einsum("pji,pj->pi", V, g) / (ae + damp))
+    step *= free
+    return np.clip(params + step, law.lower, law.upper)
+
+
 def maximize(
     law,
     obs: Obs,
@@ -178,52 +200,32 @@ def maximize(
     Iteration stops when the projected gradient's largest entry falls below gtol * (1 + total weight) or
     the damping has grown past 1e10 (no uphill step left at floating-point precision); `converged` then
     requires a finite log-likelihood and that entry below accept_gtol * (1 + total weight). The step is
-    damped Newton on |Hessian| (eigenvalues made positive), so it always goes uphill.
+    damped Newton on |Hessian| (_newton_step), so it always goes uphill; a step that does not raise the
+    log-likelihood is refused and the damping raised.
     """
     params = np.clip(np.array(starts, dtype=float), law.lower, law.upper)
     P, q = params.shape
     W = np.ones((1, obs.n)) if W is None else np.atleast_2d(np.asarray(W, dtype=float))
-    shared = W.shape[0] == 1
     fixed = np.zeros(q, bool) if fixed is None else np.asarray(fixed, bool)
-    tol = gtol * (1.0 + W.sum(axis=1))
-    tol = np.broadcast_to(tol, (P,)).copy()
-
+    total = np.broadcast_to(W.sum(axis=1), (P,))
     f, G, H = _evaluate(law, params, obs, W)
     f = np.where(np.isfinite(f), f, -np.inf)
     lam = np.full(P, 1e-3)
     done = np.zeros(P, bool)
-    eye = np.eye(q)
     it = 0
     for it in range(1, max_iter + 1):  # noqa: B007 (it is reported)
         act = np.flatnonzero(~done)
         if act.size == 0:
             break
-        pa, Ga, Ha = params[act], G[act], H[act]
-        blk = _blocked(pa, Ga, law.lower, law.upper, fixed)
-        free = (~blk).astype(float)
-        g = np.where(blk, 0.0, Ga)
-        g = np.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
-        Hn = np.nan_to_num(-Ha) * free[:, :, None] * free[:, None, :] + eye * blk[:, None, :]
-        e, V = np.linalg.eigh(Hn)
-        ae = np.abs(e)
-        damp = lam[act, None] * np.maximum(ae.max(axis=1, keepdims=True), 1e-12)
-        step = np.einsum("pij,pj->pi", V, np.einsum("pji,pj->pi", V, g) / (ae + damp))
-        step *= free
-        cand = np.clip(pa + step, law.lower, law.upper)
-        Wa = W if shared else W[act]
-        fc, Gc, Hc = _evaluate(law, cand, obs, Wa)
+        cand = _newton_step(law, params[act], G[act], H[act], lam[act], fixed)
+        fc, Gc, Hc = _evaluate(law, cand, obs, W if W.shape[0] == 1 else W[act])
         ok = np.isfinite(fc) & (fc >= f[act])
         acc = act[ok]
         params[acc], f[acc], G[acc], H[acc] = cand[ok], fc[ok], Gc[ok], Hc[ok]
         lam[acc] = np.maximum(lam[acc] * 0.2, 1e-12)
         lam[act[~ok]] *= 10.0
-
-        pg = np.abs(np.where(_blocked(params[act], G[act], law.lower, law.upper, fixed), 0.0, G[act]))
-        pgn = np.nan_to_num(pg.max(axis=1), nan=np.inf)
-        stalled = lam[act] > 1e10
-        done[act] = (np.isfinite(f[act]) & (pgn < tol[act])) | stalled
-
-    pg = np.abs(np.where(_blocked(params, G, law.lower, law.upper, fixed), 0.0, G))
-    pgn = np.nan_to_num(pg.max(axis=1), nan=np.inf)
-    conv = np.isfinite(f) & (pgn < accept_gtol * (1.0 + np.broadcast_to(W.sum(axis=1), (P,))))
+        pgn = _projected_grad_norm(law, params[act], G[act], fixed)
+        done[act] = (np.isfinite(f[act]) & (pgn < gtol * (1.0 + total[act]))) | (lam[act] > 1e10)
+    pgn = _projected_grad_norm(law, params, G, fixed)
+    conv = np.isfinite(f) & (pgn < accept_gtol * (1.0 + total))
     return Batch(params, f, pgn, conv, it)

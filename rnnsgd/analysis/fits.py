@@ -2,9 +2,10 @@
 
 Public:
     select_scaling_law   N*(L) (or T*(L)): censored ML fits of the candidate laws, AICc/BIC, Vuong, LR test,
-                         Box-Cox theta, extrapolation, hierarchical bootstrap, and a verdict
+                         Box-Cox theta, extrapolation, hierarchical bootstrap, and a verdict (ScalingLawFit)
     tost_flat_slope      E2: is the slope of log N* on log m inside +-bound (TOST at level alpha)?
     aggregate_seeds      mean, sd, n and t-based 95% CI per group
+    ols_coef_ci          least squares with a t-based CI of the first coefficient
     fit_additive_power_law, fit_learning_curve   (additive.py) the continuous companion fits
 
 How a threshold enters the likelihood (censored.py has the terms). A unit whose smoothed curve crosses the
@@ -17,15 +18,16 @@ value for the crossings instead (censored units stay censored).
 
 Inputs: select_scaling_law and tost_flat_slope take one of three frames, told apart by their columns:
     per-run rows      columns x, curve_x, y and the unit columns; pass `level`: thresholds are computed here,
-                      per unit, with thresholds.threshold(by=(x,), unit=(teacher, run))
+                      per unit, with thresholds.threshold(curve_x=curve_x, by=(x,), unit=(teacher, run))
     threshold rows    what thresholds.threshold returns (columns lo, hi, censor; x as a column)
     point values      no lo/hi, no level: y holds y* itself (> 0), each row an exact observation
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -40,15 +42,39 @@ from .thresholds import threshold
 __all__ = [
     "LAWS",
     "PowerLawFit",
+    "ScalingLawFit",
     "aggregate_seeds",
     "fit_additive_power_law",
     "fit_learning_curve",
+    "ols_coef_ci",
     "select_scaling_law",
     "scaling_observations",
     "tost_flat_slope",
 ]
 
 PARAMS = ("a", "k", "c", "q", "b", "theta", "sigma")
+TABLE_COLUMNS = (
+    "law",
+    "family",
+    "n_params",
+    "converged",
+    "grad_norm",
+    "frac_at_best",
+    "loglik",
+    "aicc",
+    "bic",
+    "delta_aicc",
+    "akaike_weight",
+    "p_win",
+    "boot_ok",
+    *(p + suf for p in PARAMS for suf in ("", "_lo", "_hi")),
+    "theta_profile_lo",
+    "theta_profile_hi",
+    "extrap_nll",
+    "extrap_rmse",
+    "note",
+    "verdict",
+)
 VERDICT_RULE = (
     "polynomial: bootstrap P(power loglik > exponential loglik) >= p_win, Vuong z >= 1.645 (one-sided 5%) "
     "for power over exponential, and no sign of super-polynomial growth: neither c in a + k log x + c x nor "
@@ -58,22 +84,27 @@ VERDICT_RULE = (
     "without the bootstrap."
 )
 SUPERPOLY_ALPHA = 0.01
+_WHAT = "scaling fit"  # how the input errors of scaling_observations start
 # largest / smallest x a law verdict needs: the smallest span at which E0 (`rnnsgd analyze --validate`), at
 # the noise measured on sweeps/e1.yaml's cpu variant with 9 units a cell, tells a power law from an
 # exponential right >= 95% of the time (docs/claims.md; the table: docs/findings/e0.txt)
 DEFAULT_MIN_SPAN = 8.0
+# C2's band: a slope of log N* on log m inside +-DEFAULT_TOST_BOUND counts as flat (docs/claims.md, E2)
+DEFAULT_TOST_BOUND = 0.1
 
 
 @dataclass
 class Observations:
     """One fit's data: obs (log-scale brackets per unit), point (log x_star or log y*, NaN if censored),
-    cluster and cell ids for the hierarchical bootstrap, the threshold level if one was applied."""
+    cluster and cell ids for the hierarchical bootstrap, the threshold level if one was applied, and the
+    threshold rows the brackets were read from (thresholds.threshold's columns)."""
 
     obs: Obs
     point: np.ndarray
     cluster: np.ndarray
     cell: np.ndarray
     level: float | None
+    thresholds: pd.DataFrame | None = None
 
     @property
     def n_left(self) -> int:
@@ -107,36 +138,56 @@ def scaling_observations(
     censoring: str = "interval",
 ) -> Observations:
     """Turn any of the three input frames (module docstring) into censored observations of log y*."""
-    what = "scaling fit"
+    what = _WHAT
     if censoring not in ("interval", "exact"):
         raise ValueError(f"{what}: censoring must be 'interval' or 'exact', got {censoring!r}")
     if len(df) == 0:
         raise ValueError(f"{what}: empty frame")
-    if {"lo", "hi", "censor"} <= set(df.columns):
-        th = df
-        if "level" in th.columns and th["level"].nunique() > 1:
-            raise ValueError(f"{what}: thresholds at several levels {sorted(th['level'].unique())}; fit one")
-    elif level is not None:
-        if np.ndim(level) != 0:
-            raise ValueError(f"{what}: one level per fit, got {level!r}")
-        unit = [c for c in (teacher, run) if c is not None]
-        _need(df, [x, curve_x, y, *unit], what)
-        th = threshold(df, x=curve_x, y=y, level=float(level), by=(x,), unit=unit)
-    else:
-        _need(df, [x, y], what)
-        yv = df[y].to_numpy(dtype=float)
-        if not np.all(np.isfinite(yv) & (yv > 0)):
-            raise ValueError(f"{what}: {y!r} must be finite and > 0 to be used as y* (or pass level=)")
-        th = pd.DataFrame({x: df[x].to_numpy(), "lo": yv, "hi": yv, "censor": "none", "x_star": yv})
-        if teacher is not None and teacher in df.columns:
-            th[teacher] = df[teacher].to_numpy()
+    th = _threshold_rows(df, x, y, level, curve_x, teacher, run)
     _need(th, [x], what)
     if teacher is not None:
         _need(th, [teacher], f"{what} (pass teacher=None to resample seeds only)")
-
     xv = th[x].to_numpy(dtype=float)
     if not np.all(np.isfinite(xv) & (xv > 0)):
         raise ValueError(f"{what}: {x!r} must be finite and > 0 (the laws use log x)")
+    lo, hi, point = _log_brackets(th, censoring)
+    cluster = th[teacher].to_numpy() if teacher is not None else np.zeros(len(th), int)
+    lev = float(th["level"].iloc[0]) if "level" in th.columns else level
+    return Observations(Obs(xv, lo, hi), point, cluster, xv.copy(), lev, th)
+
+
+def _threshold_rows(df, x, y, level, curve_x, teacher, run) -> pd.DataFrame:
+    """Threshold rows from any of the three input frames: as given, computed per unit, or point values."""
+    what = _WHAT
+    if {"lo", "hi", "censor"} <= set(df.columns):
+        if "level" in df.columns and df["level"].nunique() > 1:
+            raise ValueError(f"{what}: thresholds at several levels {sorted(df['level'].unique())}; fit one")
+        return df
+    if level is None:
+        return _point_rows(df, x, y, teacher)
+    if np.ndim(level) != 0:
+        raise ValueError(f"{what}: one level per fit, got {level!r}")
+    unit = [c for c in (teacher, run) if c is not None]
+    _need(df, [x, curve_x, y, *unit], what)
+    return threshold(df, curve_x=curve_x, y=y, level=float(level), by=(x,), unit=unit)
+
+
+def _point_rows(df: pd.DataFrame, x: str, y: str, teacher: str | None) -> pd.DataFrame:
+    """Point values of y* as threshold rows: exact observations, lo = hi = x_star = y*."""
+    what = _WHAT
+    _need(df, [x, y], what)
+    yv = df[y].to_numpy(dtype=float)
+    if not np.all(np.isfinite(yv) & (yv > 0)):
+        raise ValueError(f"{what}: {y!r} must be finite and > 0 to be used as y* (or pass level=)")
+    th = pd.DataFrame({x: df[x].to_numpy(), "lo": yv, "hi": yv, "censor": "none", "x_star": yv})
+    if teacher is not None and teacher in df.columns:
+        th[teacher] = df[teacher].to_numpy()
+    return th
+
+
+def _log_brackets(th: pd.DataFrame, censoring: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lo, hi, point) on the log scale: the bracket of each unit, and log x_star where it crossed (NaN
+    where censored); censoring="exact" shrinks the bracket of a crossing to its point."""
     lo_raw, hi_raw = th["lo"].to_numpy(dtype=float), th["hi"].to_numpy(dtype=float)
     with np.errstate(divide="ignore"):
         lo, hi = np.log(lo_raw), np.log(hi_raw)
@@ -147,10 +198,8 @@ def scaling_observations(
         ok = observed & np.isfinite(point)
         lo, hi = np.where(ok, point, lo), np.where(ok, point, hi)
     if np.any(np.isinf(lo) & np.isinf(hi)) or np.any(np.isnan(lo) | np.isnan(hi)) or np.any(lo > hi):
-        raise ValueError(f"{what}: a threshold bracket is empty, unbounded on both sides or NaN")
-    cluster = th[teacher].to_numpy() if teacher is not None else np.zeros(len(th), int)
-    lev = float(th["level"].iloc[0]) if "level" in th.columns else level
-    return Observations(Obs(xv, lo, hi), point, cluster, xv.copy(), lev)
+        raise ValueError(f"{_WHAT}: a threshold bracket is empty, unbounded on both sides or NaN")
+    return lo, hi, point
 
 
 def _check(data: Observations, what: str) -> None:
@@ -326,6 +375,75 @@ def _extrapolation(names, data: Observations, holdout: int, rng, n_starts: int):
     return cutoff, out
 
 
+@dataclass(frozen=True, eq=False)
+class ScalingLawFit:
+    """What select_scaling_law returns: the per-law table, the thresholds it was fitted on, the model tests
+    as plain numbers, the verdict and a summary of the data.
+
+    table, one row per law, its columns:
+        law                    the law's name (laws.py)
+        family                 polynomial, exponential, quasi-polynomial or encompassing
+        n_params               fitted parameters, sigma included (the k of AICc and BIC)
+        converged              whether the full-data fit converged
+        grad_norm              projected gradient at the best start
+        frac_at_best           share of starts that reached the best log-likelihood (a landscape diagnostic)
+        loglik                 maximized log-likelihood (NaN when not converged)
+        aicc, bic              information criteria
+        delta_aicc             aicc minus the lowest aicc
+        akaike_weight          exp(-delta_aicc / 2), normalized over the laws
+        p_win                  bootstrap share of replicates the law wins by AICc
+        boot_ok                share of bootstrap replicates whose refit converged
+        a, k, c, q, b, theta   the law's parameters (laws.py; NaN where the law has none)
+        sigma                  sd of log y* around the law
+        {p}_lo, {p}_hi         95% percentile bootstrap CI of each parameter p above
+        theta_profile_lo, _hi  profile-likelihood 95% CI of Box-Cox theta (boxcox row)
+        extrap_nll, extrap_rmse  held-out predictive score and log-scale RMSE (_extrapolation)
+        note                   why a law was not fitted or did not converge, in words
+        verdict                the verdict, the same on every row
+    thresholds: the threshold rows the fit read (thresholds.threshold's columns; point values of y* come as
+    exact rows, lo = hi = x_star = y*).
+    The tests: vuong_z, vuong_p (power over exponential), lr_{c,k,q}_stat / _p (c = 0 and k = 0 in
+    encompassing, q = 0 in quasi), superpoly_c_p / superpoly_q_p (one-sided p that c, q > 0),
+    p_power_beats_exp / p_exp_beats_power (bootstrap), boxcox_theta with its profile and bootstrap CIs,
+    extrap_cutoff (largest x the extrapolation fits on). The data: n_obs, n_left_censored, n_right_censored,
+    x_values, x_span, level, censoring, n_boot, n_starts. NaN where a test could not be computed.
+    """
+
+    table: pd.DataFrame = field(repr=False)
+    thresholds: pd.DataFrame = field(repr=False)
+    verdict: str
+    verdict_reason: str
+    p_power_beats_exp: float
+    p_exp_beats_power: float
+    vuong_z: float
+    vuong_p: float
+    lr_c_stat: float
+    lr_c_p: float
+    lr_k_stat: float
+    lr_k_p: float
+    lr_q_stat: float
+    lr_q_p: float
+    superpoly_c_p: float
+    superpoly_q_p: float
+    boxcox_theta: float
+    boxcox_theta_ci: tuple[float, float]
+    boxcox_theta_boot_ci: tuple[float, float]
+    extrap_cutoff: float
+    n_obs: int
+    n_left_censored: int
+    n_right_censored: int
+    x_values: list[float]
+    x_span: float
+    level: float | None
+    censoring: str
+    n_boot: int
+    n_starts: int
+
+    @property
+    def verdict_rule(self) -> str:
+        return VERDICT_RULE
+
+
 def select_scaling_law(
     df: pd.DataFrame,
     x: str = "data.L",
@@ -343,92 +461,125 @@ def select_scaling_law(
     min_span: float = DEFAULT_MIN_SPAN,
     p_win: float = 0.95,
     seed: int | np.random.Generator | None = 0,
-) -> pd.DataFrame:
+) -> ScalingLawFit:
     """Which law does y*(x) follow? (docs/claims.md: C1 and E1.)
 
     df: per-run rows with `level` (thresholded here, per unit, so the bootstrap re-runs the whole
     pipeline), threshold rows, or point values of y* (module docstring). x: the column the laws are in
-    (L). teacher / run: unit columns; teacher is the bootstrap's cluster (None: resample seeds only).
+    (L). curve_x: the axis each run's curve is thresholded along (N) when df holds per-run rows.
+    teacher / run: unit columns; teacher is the bootstrap's cluster (None: resample seeds only).
     n_boot: hierarchical bootstrap replicates (0 skips it, and then no verdict is given). n_starts: starting
     points per full-data fit (>= 100 as the spec asks). holdout: how many of the largest x values the
     extrapolation check holds out (default a third of them when there are >= 6, else none).
 
-    Returns a DataFrame, one row per law: law, family, n_params (sigma included), converged, grad_norm,
-    frac_at_best, loglik, aicc, bic, delta_aicc, akaike_weight, p_win (bootstrap share of replicates the
-    law wins by AICc), boot_ok (share of replicates where its refit converged), the parameters a, k, c, q,
-    b, theta, sigma (NaN where the law has none) with 95% percentile bootstrap CIs {p}_lo / {p}_hi,
-    theta_profile_lo / _hi (Box-Cox row), extrap_nll, extrap_rmse, note, and verdict (same on every row).
-    .attrs holds the tests as plain numbers: vuong_z, vuong_p, lr_c_stat / lr_c_p (c = 0 in encompassing),
-    lr_k_stat / lr_k_p (k = 0 in encompassing), lr_q_stat / lr_q_p (q = 0 in quasi), superpoly_c_p /
-    superpoly_q_p (one-sided p that c, q > 0), p_power_beats_exp, p_exp_beats_power,
-    boxcox_theta and its profile and bootstrap CIs, extrap_cutoff, the data summary, verdict,
-    verdict_reason and verdict_rule.
+    Returns a ScalingLawFit (its docstring lists the table's columns and the tests).
 
     Raises ValueError, naming the problem, when no honest fit exists: missing columns, x <= 0, < 3 distinct
     x values, uncensored thresholds at < 2 distinct x values, several levels at once. A grid spanning less
     than min_span gives fits but verdict "insufficient data".
     """
-    what = "select_scaling_law"
     rng = np.random.default_rng(seed)
-    names = list(dict.fromkeys(laws))
-    for n in names:
-        make_law(n, np.ones(1))  # unknown names fail here, before any work
+    names = _law_names(laws)
     data = scaling_observations(
         df, x, y, level=level, curve_x=curve_x, teacher=teacher, run=run, censoring=censoring
     )
-    _check(data, what)
-    obs = data.obs
-    xs = np.unique(obs.x)
-    n = obs.n
+    _check(data, "select_scaling_law")
+    holdout = _holdout(holdout, data)
+    fits, notes = _fit_laws(names, data.obs, rng, n_starts)
+    boot, n_b = _bootstrap(fits, data, n_boot, rng)
+    table = _law_table(names, fits, notes, boot, data.obs)
+    tests = {**_win_probabilities(table, fits, boot, n_b), **_model_tests(fits, data.obs)}
+    tests.update(_boxcox_theta(table, fits, boot, data.obs))
+    tests["extrap_cutoff"] = _add_extrapolation(table, fits, data, holdout, rng, n_starts)
+    verdict, reason = _verdict(fits, tests, np.unique(data.obs.x), min_span, p_win, n_boot)
+    table["verdict"] = verdict
+    return ScalingLawFit(
+        table=_in_order(table),
+        thresholds=data.thresholds,
+        verdict=verdict,
+        verdict_reason=reason,
+        **tests,
+        **_data_summary(data, censoring, n_boot, n_starts),
+    )
 
-    # full-data fits
+
+def _law_names(laws: Sequence[str]) -> list[str]:
+    """The laws to fit, once each in the order given; unknown names fail here, before any work."""
+    names = list(dict.fromkeys(laws))
+    for n in names:
+        make_law(n, np.ones(1))
+    return names
+
+
+def _holdout(holdout: int | None, data: Observations) -> int:
+    """How many of the largest x values the extrapolation holds out (default: a third of >= 6, else 0)."""
+    n_x = len(np.unique(data.obs.x))
+    if holdout is None:
+        return n_x // 3 if n_x >= 6 else 0
+    if holdout > 0 and holdout >= n_x:
+        raise ValueError(f"select_scaling_law: holdout={holdout} leaves no x values to fit ({n_x} distinct)")
+    return holdout
+
+
+def _fit_laws(names, obs: Obs, rng, n_starts: int) -> tuple[dict[str, LawFit], dict[str, str]]:
+    """Full-data fits of every law that the x grid can identify, and a note per law that has a problem."""
+    n_x = len(np.unique(obs.x))
     fits: dict[str, LawFit] = {}
     notes: dict[str, str] = {}
     for name in names:
         law = make_law(name, obs.x)
-        if len(xs) < len(law.params):
+        if n_x < len(law.params):
             notes[name] = f"needs >= {len(law.params)} distinct x values"
             continue
         fits[name] = _fit(law, obs, rng, n_starts)
         if not fits[name].converged:
             notes[name] = f"did not converge (gradient {fits[name].grad_norm:.2g})"
+    return fits, notes
 
-    # bootstrap: weights over units, fits over the distinct (x, lo, hi) rows they map to
+
+def _bootstrap(fits: dict[str, LawFit], data: Observations, n_boot: int, rng):
+    """Refits of every converged law on n_boot hierarchical resamples: {law: (params, loglik)} and the
+    resampled number of units per replicate. Weights are over units, fits over the distinct (x, lo, hi)
+    rows they map to."""
     boot: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    n_b = np.full(n_boot, float(n))
+    n_b = np.full(n_boot, float(data.obs.n))
     if n_boot > 0:
         W = hierarchical_weights(data.cluster, data.cell, n_boot, rng)
-        obs_c, Wc = _compressed_weights(obs, W)
+        obs_c, Wc = _compressed_weights(data.obs, W)
         n_b = W.sum(axis=1)
         for name, f in fits.items():
             if f.converged:
                 boot[name] = _boot(f.law, obs_c, Wc, f, rng)
+    return boot, n_b
 
-    # per-law rows
-    rows = []
-    for name in names:
-        row: dict = {"law": name, "family": make_law(name, obs.x).family}
-        f = fits.get(name)
-        if f is None:
-            row.update(n_params=len(make_law(name, obs.x).params) + 1, converged=False)
-        else:
-            row.update(
-                n_params=f.law.q,
-                converged=f.converged,
-                grad_norm=f.grad_norm,
-                frac_at_best=f.frac_at_best,
-                loglik=f.loglik if f.converged else np.nan,
-            )
-            row["aicc"] = float(_aicc(row["loglik"], f.law.q, n))
-            row["bic"] = -2 * row["loglik"] + f.law.q * np.log(n)
-            for p, v in _reported(f.theta, f.law).items():
-                row[p] = float(v[0]) if f.converged else np.nan
-            if name in boot:
-                for p, v in _reported(boot[name][0], f.law).items():
-                    row[f"{p}_lo"], row[f"{p}_hi"] = (float(t) for t in percentile_ci(v))
-                row["boot_ok"] = float(np.mean(np.isfinite(boot[name][1])))
-        row["note"] = notes.get(name, "")
-        rows.append(row)
+
+def _law_row(name: str, f: LawFit | None, boot, obs: Obs) -> dict:
+    """One law's row of the table: fit quality, criteria, parameters and their bootstrap CIs."""
+    row: dict = {"law": name, "family": make_law(name, obs.x).family}
+    if f is None:
+        row.update(n_params=len(make_law(name, obs.x).params) + 1, converged=False)
+        return row
+    row.update(
+        n_params=f.law.q,
+        converged=f.converged,
+        grad_norm=f.grad_norm,
+        frac_at_best=f.frac_at_best,
+        loglik=f.loglik if f.converged else np.nan,
+    )
+    row["aicc"] = float(_aicc(row["loglik"], f.law.q, obs.n))
+    row["bic"] = -2 * row["loglik"] + f.law.q * np.log(obs.n)
+    for p, v in _reported(f.theta, f.law).items():
+        row[p] = float(v[0]) if f.converged else np.nan
+    if boot is not None:
+        for p, v in _reported(boot[0], f.law).items():
+            row[f"{p}_lo"], row[f"{p}_hi"] = (float(t) for t in percentile_ci(v))
+        row["boot_ok"] = float(np.mean(np.isfinite(boot[1])))
+    return row
+
+
+def _law_table(names, fits, notes, boot, obs: Obs) -> pd.DataFrame:
+    """The per-law rows with a note each, delta AICc and Akaike weights."""
+    rows = [{**_law_row(n, fits.get(n), boot.get(n), obs), "note": notes.get(n, "")} for n in names]
     table = pd.DataFrame(rows)
     for col in ("loglik", "aicc", "bic", "grad_norm", "frac_at_best", "boot_ok", "p_win"):
         if col not in table.columns:
@@ -437,117 +588,103 @@ def select_scaling_law(
     table["delta_aicc"] = table["aicc"] - best
     w = np.exp(-0.5 * table["delta_aicc"].to_numpy(dtype=float))
     table["akaike_weight"] = w / np.nansum(w)
-
-    # bootstrap win probabilities (AICc per replicate, laws that failed there left out of that replicate)
-    attrs: dict = {"p_power_beats_exp": float("nan"), "p_exp_beats_power": float("nan")}
-    if boot:
-        bl = [n_ for n_ in names if n_ in boot]
-        A = np.column_stack([_aicc(boot[n_][1], fits[n_].law.q, n_b) for n_ in bl])  # (B, laws)
-        A = np.where(np.isfinite(A), A, np.inf)
-        ok = np.isfinite(A).any(axis=1)
-        win = np.argmin(A, axis=1)
-        for j, n_ in enumerate(bl):
-            table.loc[table["law"] == n_, "p_win"] = float(np.mean(win[ok] == j)) if ok.any() else np.nan
-        if "power" in boot and "exponential" in boot:
-            lp, le = boot["power"][1], boot["exponential"][1]
-            both = np.isfinite(lp) & np.isfinite(le)
-            attrs["p_power_beats_exp"] = float(np.mean(lp[both] > le[both])) if both.any() else np.nan
-            attrs["p_exp_beats_power"] = float(np.mean(le[both] > lp[both])) if both.any() else np.nan
-
-    # tests
-    vz, vp = float("nan"), float("nan")
-    if all(k in fits and fits[k].converged for k in ("power", "exponential")):
-        fp, fe = fits["power"], fits["exponential"]
-        vz, vp = vuong(
-            loglik_terms(fp.law, fp.theta, obs), loglik_terms(fe.law, fe.theta, obs), fp.law.q, fe.law.q
-        )
-    attrs.update(vuong_z=vz, vuong_p=vp)
-    for tag, big, small in (
-        ("c", "encompassing", "power"),
-        ("k", "encompassing", "exponential"),
-        ("q", "quasi", "power"),
-    ):
-        attrs[f"lr_{tag}_stat"], attrs[f"lr_{tag}_p"] = _lr(fits, big, small)
-    # one-sided: is the super-polynomial term positive? signed root of the LR statistic, ~ N(0, 1) at 0
-    for tag, big in (("c", "encompassing"), ("q", "quasi")):
-        stat = attrs[f"lr_{tag}_stat"]
-        z = np.sign(fits[big].theta[2]) * np.sqrt(stat) if np.isfinite(stat) else np.nan
-        attrs[f"superpoly_{tag}_p"] = float(stats.norm.sf(z))  # NaN when the law was not fitted
-
-    attrs.update(
-        boxcox_theta=float("nan"), boxcox_theta_ci=[float("nan")] * 2, boxcox_theta_boot_ci=[float("nan")] * 2
-    )
-    if "boxcox" in fits and fits["boxcox"].converged:
-        fb = fits["boxcox"]
-        plo, phi = _boxcox_profile(fb.law, obs, fb)
-        attrs["boxcox_theta"] = float(fb.theta[2])
-        attrs["boxcox_theta_ci"] = [plo, phi]
-        i = table["law"] == "boxcox"
-        table.loc[i, "theta_profile_lo"], table.loc[i, "theta_profile_hi"] = plo, phi
-        if "boxcox" in boot:
-            attrs["boxcox_theta_boot_ci"] = [float(t) for t in percentile_ci(boot["boxcox"][0][:, 2])]
-
-    if holdout is None:
-        holdout = len(xs) // 3 if len(xs) >= 6 else 0
-    attrs["extrap_cutoff"] = float("nan")
-    table["extrap_nll"], table["extrap_rmse"] = np.nan, np.nan
-    if holdout > 0:
-        if holdout >= len(xs):
-            raise ValueError(f"{what}: holdout={holdout} leaves no x values to fit ({len(xs)} distinct)")
-        cutoff, ex = _extrapolation([n_ for n_ in names if n_ in fits], data, holdout, rng, n_starts)
-        attrs["extrap_cutoff"] = float(cutoff)
-        for name, (nll, rmse, note) in ex.items():
-            i = table["law"] == name
-            table.loc[i, "extrap_nll"], table.loc[i, "extrap_rmse"] = nll, rmse
-            if note:
-                table.loc[i, "note"] = (table.loc[i, "note"] + "; extrapolation: " + note).str.strip("; ")
-
-    verdict, reason = _verdict(fits, attrs, xs, min_span, p_win, n_boot)
-    table["verdict"] = verdict
-    attrs.update(
-        verdict=verdict,
-        verdict_reason=reason,
-        verdict_rule=VERDICT_RULE,
-        n_obs=int(n),
-        n_left_censored=data.n_left,
-        n_right_censored=data.n_right,
-        x_values=xs.tolist(),
-        x_span=float(xs[-1] / xs[0]),
-        level=data.level,
-        censoring=censoring,
-        n_boot=int(n_boot),
-        n_starts=int(n_starts),
-    )
-    cols = [
-        "law",
-        "family",
-        "n_params",
-        "converged",
-        "grad_norm",
-        "frac_at_best",
-        "loglik",
-        "aicc",
-        "bic",
-        "delta_aicc",
-        "akaike_weight",
-        "p_win",
-        "boot_ok",
-    ]
-    for p in PARAMS:
-        for suf in ("", "_lo", "_hi"):
-            if p + suf not in table.columns:
-                table[p + suf] = np.nan
-            cols.append(p + suf)
-    for c in ("theta_profile_lo", "theta_profile_hi"):
-        if c not in table.columns:
-            table[c] = np.nan
-    cols += ["theta_profile_lo", "theta_profile_hi", "extrap_nll", "extrap_rmse", "note", "verdict"]
-    table = table[cols]
-    table.attrs = attrs
     return table
 
 
-def _verdict(fits, attrs, xs, min_span, p_win, n_boot) -> tuple[str, str]:
+def _win_probabilities(table: pd.DataFrame, fits, boot, n_b: np.ndarray) -> dict[str, float]:
+    """Fills table's p_win (AICc per replicate, laws that failed there left out of that replicate) and
+    returns the bootstrap shares of replicates where power beats exponential by log-likelihood and back."""
+    out = {"p_power_beats_exp": float("nan"), "p_exp_beats_power": float("nan")}
+    if not boot:
+        return out
+    A = np.column_stack([_aicc(ll, fits[n].law.q, n_b) for n, (_, ll) in boot.items()])  # (B, laws)
+    A = np.where(np.isfinite(A), A, np.inf)
+    ok = np.isfinite(A).any(axis=1)
+    win = np.argmin(A, axis=1)
+    for j, name in enumerate(boot):
+        table.loc[table["law"] == name, "p_win"] = float(np.mean(win[ok] == j)) if ok.any() else np.nan
+    if "power" in boot and "exponential" in boot:
+        lp, le = boot["power"][1], boot["exponential"][1]
+        both = np.isfinite(lp) & np.isfinite(le)
+        out["p_power_beats_exp"] = float(np.mean(lp[both] > le[both])) if both.any() else np.nan
+        out["p_exp_beats_power"] = float(np.mean(le[both] > lp[both])) if both.any() else np.nan
+    return out
+
+
+def _model_tests(fits: dict[str, LawFit], obs: Obs) -> dict[str, float]:
+    """Vuong (power against exponential), the likelihood-ratio tests of the nested laws, and the one-sided
+    p that a super-polynomial term is positive (signed root of the LR statistic, ~ N(0, 1) at 0)."""
+    out = {"vuong_z": float("nan"), "vuong_p": float("nan")}
+    if all(k in fits and fits[k].converged for k in ("power", "exponential")):
+        fp, fe = fits["power"], fits["exponential"]
+        ll_p, ll_e = loglik_terms(fp.law, fp.theta, obs), loglik_terms(fe.law, fe.theta, obs)
+        out["vuong_z"], out["vuong_p"] = vuong(ll_p, ll_e, fp.law.q, fe.law.q)
+    nested = (("c", "encompassing", "power"), ("k", "encompassing", "exponential"), ("q", "quasi", "power"))
+    for tag, big, small in nested:
+        out[f"lr_{tag}_stat"], out[f"lr_{tag}_p"] = _lr(fits, big, small)
+    for tag, big in (("c", "encompassing"), ("q", "quasi")):
+        stat = out[f"lr_{tag}_stat"]
+        z = np.sign(fits[big].theta[2]) * np.sqrt(stat) if np.isfinite(stat) else np.nan
+        out[f"superpoly_{tag}_p"] = float(stats.norm.sf(z))  # NaN when the law was not fitted
+    return out
+
+
+def _boxcox_theta(table: pd.DataFrame, fits, boot, obs: Obs) -> dict:
+    """Box-Cox theta with its profile-likelihood CI (also put in table's boxcox row) and bootstrap CI."""
+    nan2 = (float("nan"), float("nan"))
+    out = {"boxcox_theta": float("nan"), "boxcox_theta_ci": nan2, "boxcox_theta_boot_ci": nan2}
+    if "boxcox" not in fits or not fits["boxcox"].converged:
+        return out
+    fb = fits["boxcox"]
+    plo, phi = _boxcox_profile(fb.law, obs, fb)
+    out.update(boxcox_theta=float(fb.theta[2]), boxcox_theta_ci=(plo, phi))
+    i = table["law"] == "boxcox"
+    table.loc[i, "theta_profile_lo"], table.loc[i, "theta_profile_hi"] = plo, phi
+    if "boxcox" in boot:
+        out["boxcox_theta_boot_ci"] = tuple(float(t) for t in percentile_ci(boot["boxcox"][0][:, 2]))
+    return out
+
+
+def _add_extrapolation(table: pd.DataFrame, fits, data: Observations, holdout: int, rng, n_starts: int):
+    """Puts each fitted law's extrapolation scores (and a note where there are none) in table; returns the
+    largest x fitted on (NaN without a holdout)."""
+    table["extrap_nll"], table["extrap_rmse"] = np.nan, np.nan
+    if holdout <= 0:
+        return float("nan")
+    cutoff, ex = _extrapolation(list(fits), data, holdout, rng, n_starts)
+    for name, (nll, rmse, note) in ex.items():
+        i = table["law"] == name
+        table.loc[i, "extrap_nll"], table.loc[i, "extrap_rmse"] = nll, rmse
+        if note:
+            table.loc[i, "note"] = (table.loc[i, "note"] + "; extrapolation: " + note).str.strip("; ")
+    return float(cutoff)
+
+
+def _data_summary(data: Observations, censoring: str, n_boot: int, n_starts: int) -> dict:
+    """The data a fit saw and the settings it ran with."""
+    xs = np.unique(data.obs.x)
+    return {
+        "n_obs": int(data.obs.n),
+        "n_left_censored": data.n_left,
+        "n_right_censored": data.n_right,
+        "x_values": xs.tolist(),
+        "x_span": float(xs[-1] / xs[0]),
+        "level": data.level,
+        "censoring": censoring,
+        "n_boot": int(n_boot),
+        "n_starts": int(n_starts),
+    }
+
+
+def _in_order(table: pd.DataFrame) -> pd.DataFrame:
+    """The table in TABLE_COLUMNS order, NaN in the columns no law filled."""
+    for c in TABLE_COLUMNS:
+        if c not in table.columns:
+            table[c] = np.nan
+    return table[list(TABLE_COLUMNS)]
+
+
+def _verdict(fits, tests, xs, min_span, p_win, n_boot) -> tuple[str, str]:
     """The rule in VERDICT_RULE; returns (verdict, reason in words with the numbers used)."""
     span = xs[-1] / xs[0]
     if span < min_span:
@@ -557,9 +694,9 @@ def _verdict(fits, attrs, xs, min_span, p_win, n_boot) -> tuple[str, str]:
             return "inconclusive", f"no converged {k} fit"
     if n_boot <= 0:
         return "inconclusive", "no bootstrap (n_boot = 0): the verdict needs P(win)"
-    z, pp, pe = attrs["vuong_z"], attrs["p_power_beats_exp"], attrs["p_exp_beats_power"]
+    z, pp, pe = tests["vuong_z"], tests["p_power_beats_exp"], tests["p_exp_beats_power"]
     zc = stats.norm.isf(0.05)
-    pc, pq = attrs["superpoly_c_p"], attrs["superpoly_q_p"]
+    pc, pq = tests["superpoly_c_p"], tests["superpoly_q_p"]
     nums = (
         f"P_boot(power > exp) = {pp:.3f}, Vuong z = {z:.2f}, one-sided p of a super-polynomial term: "
         f"c {pc:.3g}, q {pq:.3g}"
@@ -588,7 +725,7 @@ def tost_flat_slope(
     teacher: str | None = "seed.teacher",
     run: str | None = "seed.run",
     by: Sequence[str] = (),
-    bound: float = 0.1,
+    bound: float = DEFAULT_TOST_BOUND,
     alpha: float = 0.05,
     n_boot: int = 2000,
     censoring: str = "interval",
@@ -603,54 +740,72 @@ def tost_flat_slope(
     (Wald, from the observed information: the larger of the two one-sided p values), bound, alpha, flat,
     n_obs, n_censored, boot_ok. Censored units enter the likelihood as everywhere else.
     """
-    what = "tost_flat_slope"
     if not (0 < alpha < 0.5) or bound <= 0:
-        raise ValueError(f"{what}: need 0 < alpha < 0.5 and bound > 0, got alpha={alpha}, bound={bound}")
+        raise ValueError(
+            f"tost_flat_slope: need 0 < alpha < 0.5 and bound > 0, got alpha={alpha}, bound={bound}"
+        )
     rng = np.random.default_rng(seed)
     by = list(by)
-    _need(df, by, what)
+    _need(df, by, "tost_flat_slope")
     groups = [((), df)] if not by else list(df.groupby(by, sort=True))
     rows = []
     for key, sub in groups:
         data = scaling_observations(
             sub, x, y, level=level, curve_x=curve_x, teacher=teacher, run=run, censoring=censoring
         )
-        obs = data.obs
-        if len(np.unique(obs.x)) < 2 or len(data.observed_x()) < 1:
-            raise ValueError(f"{what}: group {key}: need >= 2 distinct x values and some uncensored units")
-        law = make_law("power", obs.x)
-        f = _fit(law, obs, rng, 16)  # one maximum (linear law): a few starts only guard the optimizer
-        try:
-            se = float(np.sqrt(np.linalg.inv(observed_information(law, f.theta, obs))[1, 1]))
-        except np.linalg.LinAlgError:
-            se = float("nan")
-        k = float(f.theta[1])
-        lo = hi = float("nan")
-        boot_ok = float("nan")
-        if n_boot > 0:
-            W = hierarchical_weights(data.cluster, data.cell, n_boot, rng)
-            bp, bl = _boot(law, *_compressed_weights(obs, W), f, rng)
-            lo, hi = (float(t) for t in percentile_ci(bp[:, 1], level=1 - 2 * alpha))
-            boot_ok = float(np.mean(np.isfinite(bl)))
-        p_tost = float(max(stats.norm.sf((k + bound) / se), stats.norm.cdf((k - bound) / se)))
-        ci_ok = np.isfinite(lo) and np.isfinite(hi)
         row = dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True)) if by else {}
-        row.update(
-            slope=k if f.converged else np.nan,
-            ci_lo=lo,
-            ci_hi=hi,
-            se=se,
-            p_tost=p_tost,
-            bound=bound,
-            alpha=alpha,
-            flat=bool(f.converged and ci_ok and -bound < lo and hi < bound),
-            n_obs=obs.n,
-            n_censored=data.n_left + data.n_right,
-            boot_ok=boot_ok,
-            converged=f.converged,
-        )
-        rows.append(row)
+        rows.append({**row, **_tost_group(data, key, bound, alpha, n_boot, rng)})
     return pd.DataFrame(rows)
+
+
+def _tost_group(data: Observations, key, bound: float, alpha: float, n_boot: int, rng) -> dict:
+    """tost_flat_slope's row for one group: the power law's slope, its Wald se and bootstrap CI, the test."""
+    obs = data.obs
+    if len(np.unique(obs.x)) < 2 or len(data.observed_x()) < 1:
+        raise ValueError(
+            f"tost_flat_slope: group {key}: need >= 2 distinct x values and some uncensored units"
+        )
+    law = make_law("power", obs.x)
+    f = _fit(law, obs, rng, 16)  # one maximum (linear law): a few starts only guard the optimizer
+    try:
+        se = float(np.sqrt(np.linalg.inv(observed_information(law, f.theta, obs))[1, 1]))
+    except np.linalg.LinAlgError:
+        se = float("nan")
+    k = float(f.theta[1])
+    lo = hi = boot_ok = float("nan")
+    if n_boot > 0:
+        W = hierarchical_weights(data.cluster, data.cell, n_boot, rng)
+        bp, bl = _boot(law, *_compressed_weights(obs, W), f, rng)
+        lo, hi = (float(t) for t in percentile_ci(bp[:, 1], level=1 - 2 * alpha))
+        boot_ok = float(np.mean(np.isfinite(bl)))
+    p_tost = float(max(stats.norm.sf((k + bound) / se), stats.norm.cdf((k - bound) / se)))
+    ci_ok = np.isfinite(lo) and np.isfinite(hi)
+    return dict(
+        slope=k if f.converged else np.nan,
+        ci_lo=lo,
+        ci_hi=hi,
+        se=se,
+        p_tost=p_tost,
+        bound=bound,
+        alpha=alpha,
+        flat=bool(f.converged and ci_ok and -bound < lo and hi < bound),
+        n_obs=obs.n,
+        n_censored=data.n_left + data.n_right,
+        boot_ok=boot_ok,
+        converged=f.converged,
+    )
+
+
+def ols_coef_ci(X: np.ndarray, y: np.ndarray, level: float = 0.95) -> tuple[float, float, float] | None:
+    """Least squares of y on the columns of X: the first coefficient and its t-based CI at `level` (the
+    residual variance on n - rank(X) degrees of freedom); None when no degree of freedom is left."""
+    beta, *_ = np.linalg.lstsq(X, y, rcond=None)
+    dof = len(y) - np.linalg.matrix_rank(X)
+    if dof <= 0:
+        return None
+    s2 = float(np.sum((y - X @ beta) ** 2)) / dof
+    half = stats.t.ppf(0.5 + level / 2, dof) * math.sqrt(s2 * np.linalg.pinv(X.T @ X)[0, 0])
+    return beta[0], beta[0] - half, beta[0] + half
 
 
 def aggregate_seeds(

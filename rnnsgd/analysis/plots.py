@@ -108,9 +108,21 @@ def _draw_level(ax, level: float | None) -> None:
     """The level as a dashed line with its value written on it (not only in a legend)."""
     if level is None:
         return
-    ax.axhline(level, color=LEVEL_COLOR, ls="--", lw=1)
-    ax.annotate(f"level {level:g}", xy=(0.99, level), xycoords=("axes fraction", "data"), ha="right",
-                va="bottom", color=LEVEL_COLOR, fontsize=7)  # fmt: skip
+    _labelled_line(ax, level, f"level {level:g}", fontsize=7)
+
+
+def _labelled_line(ax, y: float, text: str, fontsize: float) -> None:
+    """A dashed horizontal line at y with text written on it at the right end."""
+    ax.axhline(y, color=LEVEL_COLOR, ls="--", lw=1)
+    ax.annotate(
+        text,
+        xy=(0.99, y),
+        xycoords=("axes fraction", "data"),
+        ha="right",
+        va="bottom",
+        color=LEVEL_COLOR,
+        fontsize=fontsize,
+    )
 
 
 def learning_curves(
@@ -144,8 +156,8 @@ def learning_curves(
         ax.set_xscale("log", base=2)
         _plain(ax, "x", sorted(sub[x].unique()) if sub[x].nunique() <= 8 else None)
         _finish_panel(ax, sub[y], f"{_short(panel)} = {v}", _short(x), hues != [None])
-    return _finish_figure(fig, axes, y, (title or f"{y} against {_short(x)}: mean over seeds, 95% CI")
-                          + _left_out(diverged))  # fmt: skip
+    default = f"{y} against {_short(x)}: mean over seeds, 95% CI"
+    return _finish_figure(fig, axes, y, (title or default) + _left_out(diverged))
 
 
 def _panel_axes(frame: pd.DataFrame, panel: str, hue: str | None):
@@ -200,52 +212,83 @@ def threshold_scaling(
     fig, axes = _figure(2, 4.6, 3.4)
     xs = thr[x].to_numpy(float)
     grid = np.linspace(xs.min(), xs.max() * 1.05, 200)
-    point = np.where(
-        thr["censor"] == "none", thr["x_star"], np.where(thr["censor"] == "left", thr["hi"], np.inf)
-    )
-    med = pd.DataFrame(
-        [(L, *_median_ci(point[(xs == L)])) for L in sorted(set(xs))], columns=[x, "median", "lo", "hi"]
-    )
+    med = _threshold_medians(thr, x)
     top = float(np.nanmax(thr[["lo", "hi", "x_star"]].replace(np.inf, np.nan).to_numpy(float))) * 1.5
     for ax, scale in zip(axes, ("log", "linear"), strict=True):
-        ok = thr[thr["censor"] == "none"]
-        ax.errorbar(ok[x], ok["x_star"], yerr=[ok["x_star"] - ok["lo"], ok["hi"] - ok["x_star"]], fmt="o",
-                    ms=3, color="C0", alpha=0.5, label=f"{what} per seed (bracket)")  # fmt: skip
-        right = thr[thr["censor"] == "right"]
-        budget = right["reason"] == "budget" if "reason" in right else np.zeros(len(right), bool)
-        if (~budget).any():
-            ax.plot(right[x][~budget], right["lo"][~budget], "^", color="C3", ms=6, label="never crossed")
-        if budget.any():  # ran out of steps still improving: a bound on the budget, not on the samples
-            ax.plot(
-                right[x][budget], right["lo"][budget], "^", color="C3", mfc="none", ms=6, label="out of steps"
-            )
-        left = thr[thr["censor"] == "left"]
-        if len(left):
-            ax.plot(left[x], left["hi"], "v", color="C2", ms=6, label="below at smallest (left-censored)")
-        shown = med[np.isfinite(med["median"])]
-        lo = shown["lo"].where(np.isfinite(shown["lo"]), shown["median"])
-        hi = shown["hi"].where(np.isfinite(shown["hi"]), top)
-        ax.errorbar(shown[x], shown["median"], yerr=[shown["median"] - lo, hi - shown["median"]], fmt="D",
-                    ms=5, color="black", capsize=3, label=f"median {what}, 95% CI")  # fmt: skip
+        _draw_thresholds(ax, thr, x, what)
+        _draw_threshold_medians(ax, med, x, what, top)
         if table is not None:
-            for i, row in enumerate(table[table["converged"]].itertuples()):
-                params = {k: getattr(row, k) for k in ("a", "k", "c", "q", "b", "theta") if hasattr(row, k)}
-                ax.plot(grid, np.exp(mu_raw(row.law, params, grid)), color=f"C{4 + i % 6}", lw=1,
-                        label=f"{row.law} (dAICc {row.delta_aicc:.1f})")  # fmt: skip
-        ax.set_xscale(scale)
-        ax.set_yscale("log")
-        _plain(ax, "y")
-        if scale == "log":
-            _plain(ax, "x", sorted(set(xs)))
-        ax.set_xlabel(_short(x) + (" (log)" if scale == "log" else ""))
-        ax.set_ylabel(what)
-        ax.set_title("log-log: a power law is straight" if scale == "log" else
-                     "log-linear: an exponential is straight", fontsize=8)  # fmt: skip
+            _draw_laws(ax, table, grid)
+        _scaling_axes(ax, scale, sorted(set(xs)), x, what)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=6, loc="outside lower center", ncols=min(5, len(labels)))
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
+
+
+def _threshold_medians(thr: pd.DataFrame, x: str) -> pd.DataFrame:
+    """Per value of x the median threshold over seeds with its 95% bootstrap CI, a censored seed at its
+    bracket's end (+inf when never reached)."""
+    xs = thr[x].to_numpy(float)
+    point = np.where(
+        thr["censor"] == "none", thr["x_star"], np.where(thr["censor"] == "left", thr["hi"], np.inf)
+    )
+    return pd.DataFrame(
+        [(L, *_median_ci(point[(xs == L)])) for L in sorted(set(xs))], columns=[x, "median", "lo", "hi"]
+    )
+
+
+def _draw_thresholds(ax, thr: pd.DataFrame, x: str, what: str) -> None:
+    """Each seed's threshold with its bracket; the censored ones as triangles at their bracket's end."""
+    ok = thr[thr["censor"] == "none"]
+    yerr = [ok["x_star"] - ok["lo"], ok["hi"] - ok["x_star"]]
+    label = f"{what} per seed (bracket)"
+    ax.errorbar(ok[x], ok["x_star"], yerr=yerr, fmt="o", ms=3, color="C0", alpha=0.5, label=label)
+    right = thr[thr["censor"] == "right"]
+    budget = right["reason"] == "budget" if "reason" in right else np.zeros(len(right), bool)
+    if (~budget).any():
+        ax.plot(right[x][~budget], right["lo"][~budget], "^", color="C3", ms=6, label="never crossed")
+    if budget.any():  # ran out of steps still improving: a bound on the budget, not on the samples
+        ax.plot(
+            right[x][budget], right["lo"][budget], "^", color="C3", mfc="none", ms=6, label="out of steps"
+        )
+    left = thr[thr["censor"] == "left"]
+    if len(left):
+        ax.plot(left[x], left["hi"], "v", color="C2", ms=6, label="below at smallest (left-censored)")
+
+
+def _draw_threshold_medians(ax, med: pd.DataFrame, x: str, what: str, top: float) -> None:
+    """The medians with their CIs; an open end (a seed never crossed) drawn to `top`."""
+    shown = med[np.isfinite(med["median"])]
+    lo = shown["lo"].where(np.isfinite(shown["lo"]), shown["median"])
+    hi = shown["hi"].where(np.isfinite(shown["hi"]), top)
+    yerr = [shown["median"] - lo, hi - shown["median"]]
+    label = f"median {what}, 95% CI"
+    ax.errorbar(shown[x], shown["median"], yerr=yerr, fmt="D", ms=5, color="black", capsize=3, label=label)
+
+
+def _draw_laws(ax, table: pd.DataFrame, grid: np.ndarray) -> None:
+    """The converged laws of select_scaling_law's table as curves over grid, each with its dAICc."""
+    for i, row in enumerate(table[table["converged"]].itertuples()):
+        params = {k: getattr(row, k) for k in ("a", "k", "c", "q", "b", "theta") if hasattr(row, k)}
+        label = f"{row.law} (dAICc {row.delta_aicc:.1f})"
+        ax.plot(grid, np.exp(mu_raw(row.law, params, grid)), color=f"C{4 + i % 6}", lw=1, label=label)
+
+
+def _scaling_axes(ax, scale: str, xs: list[float], x: str, what: str) -> None:
+    """Log y; x log (ticks at the grid's values: a power law is straight) or linear (an exponential is)."""
+    ax.set_xscale(scale)
+    ax.set_yscale("log")
+    _plain(ax, "y")
+    if scale == "log":
+        _plain(ax, "x", xs)
+    ax.set_xlabel(_short(x) + (" (log)" if scale == "log" else ""))
+    ax.set_ylabel(what)
+    straight = (
+        "log-log: a power law is straight" if scale == "log" else "log-linear: an exponential is straight"
+    )
+    ax.set_title(straight, fontsize=8)
 
 
 def _panels(runs: pd.DataFrame, panel: str | Sequence[str] | None) -> list[tuple[str, pd.DataFrame]]:
@@ -284,49 +327,14 @@ def heatmap(
     groups = _panels(runs, panel)
     dropped = max(0, len(groups) - MAX_PANELS)
     groups = groups[:MAX_PANELS]
-    grids = []
-    for _, sub in groups:
-        if rows is None:
-            g = sub.groupby(cols)[value].median().to_frame().T
-        else:
-            g = sub.pivot_table(index=rows, columns=cols, values=value, aggfunc="median")
-        grids.append(g)
-    finite = np.concatenate([g.to_numpy(float).ravel() for g in grids]) if grids else np.array([])
-    finite = finite[np.isfinite(finite)]
-    lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
-    if level is not None:
-        norm, cmap = (
-            TwoSlopeNorm(vcenter=level, vmin=min(lo, level * 0.99), vmax=max(hi, level * 1.01)),
-            "RdBu_r",
-        )
-    elif lo > 0 and hi / lo > 30:
-        norm, cmap = LogNorm(lo, hi), "viridis"
-    else:
-        norm, cmap = Normalize(lo, hi), "viridis"
+    grids = [_median_grid(sub, value, rows, cols) for _, sub in groups]
+    norm, cmap = _color_scale(grids, level)
     ncol = max((g.shape[1] for g in grids), default=1)
     fig, axes = _figure(len(groups), max(2.6, 0.45 * ncol + 1.2), 2.8 if rows else 1.3, cols=3)
     im = None
     for ax, (label, _), g in zip(axes, groups, grids, strict=True):
-        v = g.to_numpy(float)
-        im = ax.imshow(v, origin="lower", aspect="auto", cmap=cmap, norm=norm)
-        for (i, j), val in np.ndenumerate(v):
-            if not np.isfinite(val):
-                continue
-            below = level is not None and val <= level
-            r, g_, b, _ = im.cmap(norm(val))
-            ink = "white" if 0.299 * r + 0.587 * g_ + 0.114 * b < 0.5 else "black"  # legible on the cell
-            ax.text(j, i, f"{val:.2g}", ha="center", va="center", fontsize=6.5, color=ink,
-                    fontweight="bold" if below else "normal")  # fmt: skip
-            if below:
-                ax.add_patch(_frame(i, j, ink))
-        ax.set_xticks(range(len(g.columns)), [str(c) for c in g.columns], rotation=45, fontsize=7)
-        ax.set_xlabel(_short(cols), fontsize=8)
-        if rows is None:
-            ax.set_yticks([])
-        else:
-            ax.set_yticks(range(len(g.index)), [str(r) for r in g.index], fontsize=7)
-            ax.set_ylabel(_short(rows), fontsize=8)
-        ax.set_title(label, fontsize=8)
+        im = _draw_cells(ax, g.to_numpy(float), cmap, norm, level)
+        _label_cells(ax, g, rows, cols, label)
     if im is not None:
         bar = fig.colorbar(im, ax=axes, shrink=0.9)
         if level is not None:
@@ -335,6 +343,54 @@ def heatmap(
     more = f"; {dropped} more panels in the tables" if dropped else ""
     fig.suptitle((title or f"median {value}") + _left_out(diverged) + more, fontsize=9)
     return fig
+
+
+def _median_grid(runs: pd.DataFrame, value: str, rows: str | None, cols: str) -> pd.DataFrame:
+    """The median of value per (rows, cols) cell; one row over cols alone when rows is None."""
+    if rows is None:
+        return runs.groupby(cols)[value].median().to_frame().T
+    return runs.pivot_table(index=rows, columns=cols, values=value, aggfunc="median")
+
+
+def _color_scale(grids: list[pd.DataFrame], level: float | None):
+    """(norm, colormap) shared by every panel: diverging around the level where there is one, else
+    sequential, on a log scale where the values span more than a factor of 30."""
+    finite = np.concatenate([g.to_numpy(float).ravel() for g in grids]) if grids else np.array([])
+    finite = finite[np.isfinite(finite)]
+    lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+    if level is not None:
+        return TwoSlopeNorm(vcenter=level, vmin=min(lo, level * 0.99), vmax=max(hi, level * 1.01)), "RdBu_r"
+    if lo > 0 and hi / lo > 30:
+        return LogNorm(lo, hi), "viridis"
+    return Normalize(lo, hi), "viridis"
+
+
+def _draw_cells(ax, v: np.ndarray, cmap: str, norm, level: float | None):
+    """The grid as an image with each value written in its cell (bold and framed at or below the level)."""
+    im = ax.imshow(v, origin="lower", aspect="auto", cmap=cmap, norm=norm)
+    for (i, j), val in np.ndenumerate(v):
+        if not np.isfinite(val):
+            continue
+        below = level is not None and val <= level
+        r, g, b, _ = im.cmap(norm(val))
+        ink = "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black"  # legible on the cell
+        weight = "bold" if below else "normal"
+        ax.text(j, i, f"{val:.2g}", ha="center", va="center", fontsize=6.5, color=ink, fontweight=weight)
+        if below:
+            ax.add_patch(_frame(i, j, ink))
+    return im
+
+
+def _label_cells(ax, g: pd.DataFrame, rows: str | None, cols: str, title: str) -> None:
+    """A heatmap panel's ticks at the grid's values, its axis labels and title."""
+    ax.set_xticks(range(len(g.columns)), [str(c) for c in g.columns], rotation=45, fontsize=7)
+    ax.set_xlabel(_short(cols), fontsize=8)
+    if rows is None:
+        ax.set_yticks([])
+    else:
+        ax.set_yticks(range(len(g.index)), [str(r) for r in g.index], fontsize=7)
+        ax.set_ylabel(_short(rows), fontsize=8)
+    ax.set_title(title, fontsize=8)
 
 
 def _frame(i: int, j: int, color: str):
@@ -371,8 +427,8 @@ def history(
         _draw_level(ax, level)
         ax.set_xscale("log")
         _finish_panel(ax, sub[y], f"{_short(panel)} = {v}", "SGD step", hues != [None])
-    return _finish_figure(fig, axes, y, (title or f"{y} during training: median over runs, quartile band")
-                          + _left_out(diverged))  # fmt: skip
+    default = f"{y} during training: median over runs, quartile band"
+    return _finish_figure(fig, axes, y, (title or default) + _left_out(diverged))
 
 
 def mechanism(
@@ -390,48 +446,65 @@ def mechanism(
     slopes were fitted within; only the cells run at every m are drawn, so that each m averages the same
     cells (a control run at one width alone would otherwise tilt the means against the fitted slope)."""
     runs, diverged = without_diverged(runs)
-    cells = [c for c in cells if c in runs]
-    if cells and len(runs):
-        key = runs[cells].astype(str).agg("|".join, axis=1)
-        widths = runs.groupby(key)[x].nunique()
-        runs = runs[key.map(widths).eq(runs[x].nunique()).to_numpy()]
+    runs = _cells_at_every(runs, x, [c for c in cells if c in runs])
     keys = list(slopes["metric"])
     fig, axes = _figure(len(keys), 3.0, 2.7)
     for ax, key in zip(axes, keys, strict=True):
-        if key in runs:
-            v = runs[key].astype(float)
-            agg = aggregate_seeds(runs[[x]].assign(log=np.log(v.where(v > 0))), x, "log")
-            agg[["mean", "ci_lo", "ci_hi"]] = np.exp(agg[["mean", "ci_lo", "ci_hi"]].astype(float))
-        else:
-            agg = pd.DataFrame(columns=[x, "mean", "ci_lo", "ci_hi"])
-        agg = agg[np.isfinite(agg["mean"].astype(float))]
-        ax.errorbar(agg[x], agg["mean"], yerr=[agg["mean"] - agg["ci_lo"], agg["ci_hi"] - agg["mean"]],
-                    fmt="o", ms=4)  # fmt: skip
-        s = slopes.set_index("metric").loc[key]
-        if np.isfinite(s["slope"]) and len(agg):
-            g = np.geomspace(agg[x].min(), agg[x].max(), 50)
-            lx = np.log(agg[x].to_numpy(float))
-            centre_x, centre_y = np.exp(lx.mean()), np.exp(np.log(agg["mean"].to_numpy(float)).mean())
-            label = f"fit {s['slope']:.2f} [{s['ci_lo']:.2f}, {s['ci_hi']:.2f}]"
-            ax.plot(g, centre_y * (g / centre_x) ** s["slope"], "C1-", label=label)
-            predicted = s.get("predicted")
-            if predicted is not None and np.isfinite(predicted):
-                ax.plot(g, centre_y * (g / centre_x) ** predicted, "k:", lw=1,
-                        label=f"predicted {predicted:.2f}")  # fmt: skip
+        agg = _geometric_means(runs, key, x)
+        yerr = [agg["mean"] - agg["ci_lo"], agg["ci_hi"] - agg["mean"]]
+        ax.errorbar(agg[x], agg["mean"], yerr=yerr, fmt="o", ms=4)
+        _draw_slopes(ax, agg, slopes.set_index("metric").loc[key], x)
         if near and key in near:
-            ax.axhline(near[key], color=LEVEL_COLOR, ls="--", lw=1)
-            ax.annotate(f"near init below {near[key]:g}", xy=(0.99, near[key]),
-                        xycoords=("axes fraction", "data"), ha="right", va="bottom", color=LEVEL_COLOR,
-                        fontsize=6)  # fmt: skip
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        _plain(ax, "x", sorted(agg[x].unique()) if len(agg) else None)
-        _plain(ax, "y")
-        ax.set_title(key, fontsize=9)
-        ax.set_xlabel(_short(x))
-        ax.tick_params(which="both", labelsize=7)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
+            _labelled_line(ax, near[key], f"near init below {near[key]:g}", fontsize=6)
+        _mechanism_axes(ax, agg, key, x)
     default = f"near-init quantities against {_short(x)}: geometric means, 95% CI, log-log slopes"
     fig.suptitle((title or default) + _left_out(diverged), fontsize=9)
     return fig
+
+
+def _cells_at_every(runs: pd.DataFrame, x: str, cells: list[str]) -> pd.DataFrame:
+    """The runs of the cells (combinations of the cells' values) run at every value of x."""
+    if not (cells and len(runs)):
+        return runs
+    key = runs[cells].astype(str).agg("|".join, axis=1)
+    widths = runs.groupby(key)[x].nunique()
+    return runs[key.map(widths).eq(runs[x].nunique()).to_numpy()]
+
+
+def _geometric_means(runs: pd.DataFrame, key: str, x: str) -> pd.DataFrame:
+    """Per value of x the geometric mean of key over runs with its 95% CI (empty where no run logged key)."""
+    if key in runs:
+        v = runs[key].astype(float)
+        agg = aggregate_seeds(runs[[x]].assign(log=np.log(v.where(v > 0))), x, "log")
+        agg[["mean", "ci_lo", "ci_hi"]] = np.exp(agg[["mean", "ci_lo", "ci_hi"]].astype(float))
+    else:
+        agg = pd.DataFrame(columns=[x, "mean", "ci_lo", "ci_hi"])
+    return agg[np.isfinite(agg["mean"].astype(float))]
+
+
+def _draw_slopes(ax, agg: pd.DataFrame, s: pd.Series, x: str) -> None:
+    """The fitted slope (solid) and the predicted one (dotted), through the geometric centre of the points."""
+    if not (np.isfinite(s["slope"]) and len(agg)):
+        return
+    g = np.geomspace(agg[x].min(), agg[x].max(), 50)
+    lx = np.log(agg[x].to_numpy(float))
+    centre_x, centre_y = np.exp(lx.mean()), np.exp(np.log(agg["mean"].to_numpy(float)).mean())
+    label = f"fit {s['slope']:.2f} [{s['ci_lo']:.2f}, {s['ci_hi']:.2f}]"
+    ax.plot(g, centre_y * (g / centre_x) ** s["slope"], "C1-", label=label)
+    predicted = s.get("predicted")
+    if predicted is not None and np.isfinite(predicted):
+        label = f"predicted {predicted:.2f}"
+        ax.plot(g, centre_y * (g / centre_x) ** predicted, "k:", lw=1, label=label)
+
+
+def _mechanism_axes(ax, agg: pd.DataFrame, key: str, x: str) -> None:
+    """Log-log axes with ticks at the widths, the quantity as title, a legend where there are lines."""
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    _plain(ax, "x", sorted(agg[x].unique()) if len(agg) else None)
+    _plain(ax, "y")
+    ax.set_title(key, fontsize=9)
+    ax.set_xlabel(_short(x))
+    ax.tick_params(which="both", labelsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6)

@@ -12,41 +12,42 @@ Controls (parity, unscaled inputs, another init variance, a linear network) get 
 the main task. The report opens with its provenance (when, from which code, which store and parent run, with
 links to the runs in the MLflow UI) and the metric and level in words, then shows the risk over the grid as
 tables and heatmaps, learning curves, N*(L) with the fitted laws, and the near-init quantities against m.
-Written as Markdown and as a self-contained HTML page (the `markdown` package, figures inlined), and logged
-as artifacts on the sweep's parent run.
+This module computes the claims and the report's data (Report); rnnsgd.analysis.render writes it as Markdown
+and as a self-contained HTML page, logged as artifacts on the sweep's parent run.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime
 import difflib
-import html
 import math
-import re
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlparse
 
-import markdown as markdown_lib
 import numpy as np
 import pandas as pd
 
+from rnnsgd.metrics import REL_RISK, REL_RISK_TAIL, RISK_WORDS
 from rnnsgd.sweep.tracking import TRAINING_PAGES, experiment_url
 
 from . import plots
 from .bootstrap import percentile_ci
-from .fits import DEFAULT_MIN_SPAN, select_scaling_law, tost_flat_slope
+from .fits import (
+    DEFAULT_MIN_SPAN,
+    DEFAULT_TOST_BOUND,
+    ScalingLawFit,
+    ols_coef_ci,
+    select_scaling_law,
+    tost_flat_slope,
+)
 from .load import load_history, load_runs
 from .thresholds import (
     DEFAULT_LEVEL,
     DEFAULT_METRIC,
     DEFAULT_UNIT,
-    RELATIVE_CAVEAT,
     censoring_summary,
-    is_relative,
     threshold,
 )
 
@@ -75,17 +76,25 @@ TEXTS = {
 # linearization around its random init)
 MECHANISM = {"w/move_fro": 0.0, "act/flip_frac": -1 / 3, "lin/rel_err": -1 / 6, "h/drift": None}
 FIT_COLUMNS = (
-    "law", "converged", "loglik", "aicc", "delta_aicc", "akaike_weight", "bic", "p_win", "a", "k", "k_lo",
-    "k_hi", "c", "c_lo", "c_hi", "theta", "extrap_rmse", "note",
-)  # fmt: skip
-METRIC_WORDS = {
-    "test/rel_risk_tail": "tail-averaged baseline-relative excess risk",
-    "test/rel_risk": "baseline-relative excess risk of the last iterate",
-    "test/risk_tail": "tail-averaged test risk",
-    "test/risk": "test risk of the last iterate",
-    "test/excess_risk": "absolute excess test risk",
-    "test/nrisk": "normalized test risk",
-}
+    "law",
+    "converged",
+    "loglik",
+    "aicc",
+    "delta_aicc",
+    "akaike_weight",
+    "bic",
+    "p_win",
+    "a",
+    "k",
+    "k_lo",
+    "k_hi",
+    "c",
+    "c_lo",
+    "c_hi",
+    "theta",
+    "extrap_rmse",
+    "note",
+)
 
 # The main task tests the concept class as the paper sets it up; any run off it on one of these is a control.
 MAIN = {
@@ -207,7 +216,7 @@ class Report:
 def criterion(what: str, y: str, level: float) -> str:
     """The threshold in words, e.g. "N* = smallest N whose tail-averaged baseline-relative excess risk
     (test/rel_risk_tail) is <= 0.5"."""
-    words = f"{METRIC_WORDS[y]} ({y})" if y in METRIC_WORDS else y
+    words = f"{RISK_WORDS[y]} ({y})" if y in RISK_WORDS else y
     if what == "T*":
         return f"T* = first SGD step at which the {words} is <= {level:g}"
     return f"N* = smallest N whose {words} is <= {level:g}"
@@ -266,8 +275,12 @@ def grid_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 # the grid views of the risk: (rows, columns) of offline runs per claim's axes (C1: N x L, C2: N x m,
 # C5: N x init variance or activation), and of online runs (C3: L x m, or L alone)
-OFFLINE_VIEWS = (("data.N", "data.L"), ("data.N", "model.m"), ("data.N", "model.w_var"),
-                 ("data.N", "model.activation"))  # fmt: skip
+OFFLINE_VIEWS = (
+    ("data.N", "data.L"),
+    ("data.N", "model.m"),
+    ("data.N", "model.w_var"),
+    ("data.N", "model.activation"),
+)
 ONLINE_VIEWS = (("data.L", "model.m"), ("data.L",))
 
 
@@ -340,7 +353,7 @@ def risk_tables(
     return tables
 
 
-ESTIMATORS = {"test/rel_risk_tail": "tail average of W'", "test/rel_risk": "last iterate"}
+ESTIMATORS = {REL_RISK_TAIL: "tail average of W'", REL_RISK: "last iterate"}
 
 
 def estimator_noise(runs: pd.DataFrame) -> pd.DataFrame:
@@ -387,12 +400,12 @@ def _groups(runs: pd.DataFrame, keep: tuple[str, ...]) -> list[tuple[str, pd.Dat
 
 @dataclass
 class GroupFit:
-    """One group's thresholds (None where none exist) and law fits (None where no fit exists); error says
-    why not."""
+    """One group's thresholds (None where none exist) and law fits (None where no fit exists: then thr
+    stands alone; else it is fit.thresholds); error says why not."""
 
     runs: pd.DataFrame
     thr: pd.DataFrame | None
-    table: pd.DataFrame | None
+    fit: ScalingLawFit | None
     error: str
 
 
@@ -401,14 +414,14 @@ def fit_group(
 ) -> GroupFit:
     """Thresholds per unit along curve_x at each L, then the scaling laws of the thresholds in L."""
     try:
-        thr = threshold(runs, x=curve_x, y=y, level=level, by=("data.L",), unit=DEFAULT_UNIT)
+        thr = threshold(runs, curve_x=curve_x, y=y, level=level, by=("data.L",), unit=DEFAULT_UNIT)
     except ValueError as e:
         return GroupFit(runs, None, None, str(e))
     try:
-        table = select_scaling_law(thr, x="data.L", n_boot=n_boot, min_span=min_span)
+        fit = select_scaling_law(thr, x="data.L", n_boot=n_boot, min_span=min_span)
     except ValueError as e:
         return GroupFit(runs, thr, None, str(e))
-    return GroupFit(runs, thr, table, "")
+    return GroupFit(runs, fit.thresholds, fit, "")
 
 
 def _relative_risk(runs: pd.DataFrame) -> tuple[pd.Series, str] | None:
@@ -418,8 +431,8 @@ def _relative_risk(runs: pd.DataFrame) -> tuple[pd.Series, str] | None:
         rel = (runs["train/risk"] - runs["opt"]) / (runs["train/baseline"] - runs["opt"])
         if rel.notna().any():
             return rel, "train"
-    if "test/rel_risk" in runs:
-        return runs["test/rel_risk"], "test"
+    if REL_RISK in runs:
+        return runs[REL_RISK], "test"
     return None
 
 
@@ -497,15 +510,14 @@ def main_verdict(g: GroupFit, what: str) -> tuple[str, str, list[tuple[str, pd.D
             [censoring],
         )
     counts += ", all kept in the likelihood"
-    if g.table is None:
+    if g.fit is None:
         return "insufficient data", f"{counts}. {g.error}", [censoring]
-    cols = [c for c in FIT_COLUMNS if c in g.table]
-    a = g.table.attrs
+    cols = [c for c in FIT_COLUMNS if c in g.fit.table]
     return (
-        a.get("verdict", "inconclusive"),
-        f"{counts}. {a.get('verdict_reason', '')}",
+        g.fit.verdict,
+        f"{counts}. {g.fit.verdict_reason}",
         [
-            (f"{what} fits", g.table[cols]),
+            (f"{what} fits", g.fit.table[cols]),
             censoring,
         ],
     )
@@ -519,10 +531,11 @@ def _median_threshold(thr: pd.DataFrame) -> pd.Series:
     return pd.Series(point, index=thr.index).groupby(thr["data.L"]).agg(lambda v: float(np.median(v)))
 
 
-def _power_k(table: pd.DataFrame | None) -> tuple[float, float, float] | None:
+def _power_k(fit: ScalingLawFit | None) -> tuple[float, float, float] | None:
     """The power law's exponent k with its bootstrap CI, when it converged and has one."""
-    if table is None:
+    if fit is None:
         return None
+    table = fit.table
     row = table[(table["law"] == "power") & table["converged"]]
     if row.empty or not np.isfinite(row[["k", "k_lo", "k_hi"]].to_numpy(float)).all():
         return None
@@ -550,7 +563,7 @@ def control_verdict(main: GroupFit, control: GroupFit, grid: str = "N") -> tuple
     ratios = "median ratio control/main per L: " + ", ".join(
         f"{L:g}: {r:.3g}" for L, r in zip(table["data.L"], table["ratio"], strict=True)
     )
-    km, kc = _power_k(main.table), _power_k(control.table)
+    km, kc = _power_k(main.fit), _power_k(control.fit)
     slopes = ""
     if km and kc:
         slopes = f" (k {kc[0]:.2g} [{kc[1]:.2g}, {kc[2]:.2g}] vs {km[0]:.2g} [{km[1]:.2g}, {km[2]:.2g}])"
@@ -605,7 +618,8 @@ def _scaling_claim(
         if g.thr is not None and out is not None:
             name = f"{cid.lower()}_scaling" + ("" if j == i else f"_{j}")
             title = f"{label or 'main task'}: {crit}"
-            fig = plots.threshold_scaling(g.thr, g.table, x="data.L", what=what, title=title)
+            table = g.fit.table if g.fit is not None else None
+            fig = plots.threshold_scaling(g.thr, table, x="data.L", what=what, title=title)
             figures[name] = plots.save(fig, out, name)
             names.append(name)
         if j == i:
@@ -646,7 +660,9 @@ def claim_c2(runs, y, level, n_boot) -> Claim:
     # grid, where the interval likelihood has no scale (sigma -> 0) and its bootstrap CI collapses to a point
     for label, sub in _groups(runs[~runs["data.online"]], keep=("data.N", "model.m")):
         try:
-            fit = tost_flat_slope(sub, x="model.m", y=y, level=level, n_boot=n_boot, censoring="exact")
+            fit = tost_flat_slope(
+                sub, x="model.m", y=y, level=level, bound=DEFAULT_TOST_BOUND, n_boot=n_boot, censoring="exact"
+            )
             rows.append(fit.assign(group=label))
         except ValueError as e:
             problems.append(f"{label}: {e}")
@@ -672,12 +688,7 @@ def claim_c3(runs, hist, y, level, n_boot, figures, out, min_span: float = DEFAU
     """T*(L) online: thresholds along each run's own history (the step), laws in L."""
     online = runs[runs["data.online"]]
     if len(_varying(online, "data.L")) < 3:
-        return Claim(
-            "C3",
-            TEXTS["C3"],
-            "insufficient data",
-            "needs online runs (data.online=true) at >= 3 values of data.L",
-        )
+        return Claim("C3", TEXTS["C3"], "insufficient data", f"needs {NEEDS['C3']}")
     keep = [
         "run_id",
         "data.L",
@@ -717,20 +728,10 @@ def mechanism_slopes(runs: pd.DataFrame) -> pd.DataFrame:
             cell = d[cells].astype(str).agg("|".join, axis=1) if cells else pd.Series("", index=d.index)
             X = np.column_stack([np.log(d["model.m"].to_numpy(float)), pd.get_dummies(cell).to_numpy(float)])
             yv = np.log(d[key].to_numpy(float))
-            beta, *_ = np.linalg.lstsq(X, yv, rcond=None)
-            dof = len(yv) - np.linalg.matrix_rank(X)
-            if dof > 0:
-                from scipy import stats
-
-                s2 = float(np.sum((yv - X @ beta) ** 2)) / dof
-                se = math.sqrt(s2 * np.linalg.pinv(X.T @ X)[0, 0])
-                half = stats.t.ppf(0.975, dof) * se
-                row.update(
-                    slope=beta[0],
-                    intercept=float(np.mean(yv - beta[0] * X[:, 0])),
-                    ci_lo=beta[0] - half,
-                    ci_hi=beta[0] + half,
-                )
+            fit = ols_coef_ci(X, yv)
+            if fit is not None:
+                slope, lo, hi = fit
+                row.update(slope=slope, intercept=float(np.mean(yv - slope * X[:, 0])), ci_lo=lo, ci_hi=hi)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -773,7 +774,7 @@ def claim_c4(runs, figures, out) -> Claim:
 def claim_c5(runs) -> Claim:
     """Runs that learned (DEFAULT_METRIC <= DEFAULT_LEVEL, ReLU at the paper's init variance 2): their
     spectral radius. Diverged runs are left out of every median: a blown-up W says nothing about learning."""
-    words = METRIC_WORDS[DEFAULT_METRIC]
+    words = RISK_WORDS[DEFAULT_METRIC]
     crit = f"learned = {words} ({DEFAULT_METRIC}) <= {DEFAULT_LEVEL:g}, for ReLU at model.w_var = 2"
     if "w/spectral_radius" not in runs or runs["w/spectral_radius"].isna().all():
         return Claim(
@@ -951,319 +952,3 @@ def build(
         for c in CLAIMS
     ]
     return Report(sweep, runs, grid_table(runs), claims, figs, y, level, prov)
-
-
-def _table_md(df: pd.DataFrame, at_most: float | None = None) -> str:
-    """A Markdown table; with at_most, numbers at or below it (past the first column) in bold."""
-    if df.empty:
-        return "(empty)\n"
-    cols = list(df.columns)
-
-    def fmt(j: int, v) -> str:
-        if not isinstance(v, float | np.floating):
-            return str(v)
-        text = f"{v:.4g}"
-        return f"**{text}**" if at_most is not None and j > 0 and v <= at_most else text
-
-    right = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in cols]
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "".join("---:|" if r else "---|" for r in right)]
-    lines += [
-        "| " + " | ".join(fmt(j, v) for j, v in enumerate(row)) + " |" for row in df.itertuples(index=False)
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def metric_words(y: str) -> str:
-    """e.g. "tail-averaged baseline-relative excess risk (test/rel_risk_tail)"."""
-    return f"{METRIC_WORDS[y]} ({y})" if y in METRIC_WORDS else y
-
-
-def level_words(y: str, level: float) -> str:
-    """What the level means on the metric's scale."""
-    if is_relative(y):
-        where = "halfway" if level == 0.5 else f"{1 - level:.0%} of the way"
-        return (
-            f"the level {level:g} lies {where} from the best constant predictor (1: nothing learned from the "
-            "tokens) down to OPT (0: the teacher's own risk)"
-        )
-    return f"the level {level:g} is absolute, in the units of {y}"
-
-
-def caption(name: str, r: Report) -> str:
-    """What a figure of the report shows, in words."""
-    words, level = metric_words(r.metric), f"the level {r.level:g}"
-    if name.startswith("risk_"):
-        return (
-            f"the median final {words} of each cell over its seeds, one panel per value of the other swept "
-            f"axes; blue, framed and in bold at or below {level}, red above it; diverged runs left out."
-        )
-    if name == "learning_curves":
-        return (
-            f"Final {words} against N, one panel per L, each with its own y axis: the mean over seeds with "
-            f"its 95% CI, each seed in grey, {level} dashed."
-        )
-    if name.startswith(("c1_scaling", "c3_scaling")):
-        what = "N*" if name.startswith("c1") else "T*"
-        return (
-            f"{what} per seed against L (dots with their brackets; triangles: censored), the median per L "
-            "with a 95% bootstrap CI over seeds (black; a bar to the top of the axes: open above, as some "
-            "seeds never crossed) and the fitted laws with their dAICc. Left log-log, where a power law is "
-            "straight; right log-linear, where an exponential is straight."
-        )
-    if name == "c3_curves":
-        return f"{words} against the SGD step, per L: the median over the online runs, quartiles shaded."
-    if name == "c4_mechanism":
-        return (
-            "The proof's quantities at the end of training against m (log-log): geometric means over the "
-            "runs of the cells run at every m, with 95% CIs; the slope fitted within cells of the other axes "
-            "(solid) against the predicted one (dotted), both through the centre of the points; dashed: "
-            "where a run stops counting as near its init."
-        )
-    if name == "heatmap_gen_gap":
-        return (
-            "Median generalization gap (test risk - train risk) over m x N, one panel per value of the other "
-            "swept axes; diverged runs left out."
-        )
-    return ""
-
-
-def _figure_md(name: str, r: Report, figures: str | None) -> list[str]:
-    if figures is None or name not in r.figures:
-        return []
-    text = caption(name, r)
-    return [f"![{name}]({figures}/{name}.png)\n", f"Figure: {text[:1].upper()}{text[1:]}\n"]
-
-
-def _run_link(r: Report, run_id: str) -> str:
-    p = r.provenance
-    if p is None or p.experiment_id is None:
-        return f"`{run_id}`"
-    return f"[`{run_id[:8]}`]({p.run_url(run_id)})"
-
-
-def provenance_md(r: Report) -> str:
-    """The provenance as a Markdown list: when, by what command and code, from which store, experiment and
-    parent run (linked into the MLflow UI), and what serves the links."""
-    p = r.provenance
-    if p is None:
-        return ""
-    statuses = (
-        ", ".join(f"{k} {n}" for k, n in r.runs["status"].value_counts().items())
-        if "status" in r.runs
-        else ""
-    )
-    by = f" by `{p.command}`" if p.command else ""
-    exp = (
-        f"experiment `{r.sweep}`"
-        if p.experiment_id is None
-        else (f"experiment [`{r.sweep}` (id {p.experiment_id})]({p.experiment_url()})")
-    )
-    lines = [
-        f"- Written {p.written}{by}, code at commit `{p.code_sha}`.",
-        f"- Runs: {len(r.runs)} grid points of sweep `{r.sweep}` ({statuses}), trained at commit "
-        f"{', '.join(f'`{v}`' for v in p.run_shas) or 'unknown'}.",
-        f"- Tracking store `{p.tracking_uri}`, {exp}.",
-    ]
-    if p.parent_run_id:
-        wall = (
-            ""
-            if p.wall_minutes is None
-            else (
-                f", {p.wall_minutes:.1f} minutes of wall time (Ray start and MLflow included; a resumed "
-                "sweep adds its pauses)"
-            )
-        )
-        lines.append(f"- Parent run [`{p.parent_run_id}`]({p.run_url(p.parent_run_id)}){wall}.")
-    cmd = p.ui_command()
-    lines.append(
-        f"- Links open in the MLflow UI once `{cmd}` serves the store ({p.ui_base()})."
-        if cmd
-        else f"- Links open in the MLflow UI of the tracking server ({p.ui_base()})."
-    )
-    return "\n".join(lines) + "\n"
-
-
-def runs_md(r: Report, rows: pd.DataFrame) -> str:
-    """One line per run: the swept axes, seeds, status, outcome, the metric, and a link to the run."""
-    if rows.empty:
-        return "(none)\n"
-    cols = [k for k in AXES if k in r.runs and r.runs[k].map(str).nunique() > 1]
-    cols += [k for k in ("seed.teacher", "seed.run", "status", "outcome", r.metric) if k in rows]
-    t = rows[cols].copy()
-    t["run"] = [_run_link(r, v) for v in rows["run_id"]] if "run_id" in rows else ""
-    return _table_md(t)
-
-
-def scale_and_caveats(runs: pd.DataFrame) -> list[str]:
-    """What the verdicts rest on (tasks, widths, lengths, samples, seeds, outcomes) and how far the runs are
-    from the regime of the paper's proof, measured on the main task's finished runs (from the columns the
-    frame has)."""
-    need = {"status", "outcome", "data.task", "model.m", "data.L", "data.N", "seed.teacher", "seed.run"}
-    done = runs[runs["status"] == "FINISHED"] if need <= set(runs.columns) else runs.iloc[:0]
-    if done.empty:
-        return []
-    main = done[classify(done) == "main"]
-    span = {k: f"{done[k].min():g}..{done[k].max():g}" for k in ("model.m", "data.L", "data.N")}
-    lines = [
-        f"- Tasks: {', '.join(sorted(done['data.task'].unique()))}; width m = {span['model.m']}; "
-        f"L = {span['data.L']}; N = {span['data.N']}; "
-        f"{len(done[['seed.teacher', 'seed.run']].drop_duplicates())} teacher/run seed pairs.",
-        "- Outcomes: "
-        + ", ".join(f"{k} {n}" for k, n in done["outcome"].value_counts().items())
-        + " (budget: the step budget ended the run, learned or not; completed: a plateau below the constant "
-        "baseline).",
-    ]
-    near = {k: main[k].median() for k in ("act/flip_frac", "lin/rel_err", "w/move_fro") if k in main}
-    if near:
-        lines.append(
-            "- Distance from the proof's regime (median over the main task's runs at their end): "
-            + ", ".join(f"{k} {v:.3g}" for k, v in near.items())
-            + ". The proof keeps sign flips and the linearization error small, shrinking with m"
-            + (
-                "; here they are not small, so these runs test the claims beyond the regime the proof covers "
-                "(C4 asks whether they shrink with m)."
-                if near.get("act/flip_frac", 0) > NEAR_INIT["act/flip_frac"]
-                or near.get("lin/rel_err", 0) > NEAR_INIT["lin/rel_err"]
-                else f" (here both are below {NEAR_INIT}: near init)."
-            )
-        )
-    return lines
-
-
-def to_markdown(
-    r: Report, figures: str | None = "figures", preface: Sequence[str] = (), runs_list: bool = False
-) -> str:
-    """The provenance, the metric and level in words, then the claims the sweep targets, each verdict with the
-    threshold it read (the others in one line), the grid and its risk, the figures with their captions.
-    figures: the folder of the figures, relative to the Markdown (None: no figures, e.g. on a terminal);
-    preface: paragraphs after the title; runs_list: every run with its link (diverged runs are always
-    listed apart)."""
-    statuses = ", ".join(f"{k} {n}" for k, n in r.runs["status"].value_counts().items())
-    targeted = [c for c in r.claims if c.targeted]
-    others = [c for c in r.claims if not c.targeted]
-    prov = provenance_md(r)
-    parts = [
-        f"# rnnsgd report: sweep `{r.sweep}`\n",
-        *(f"{p}\n" for p in preface),
-        *(["## Provenance\n", prov] if prov else [f"{len(r.runs)} grid points ({statuses}).\n"]),
-        "## What the verdicts read\n",
-        f"The metric is the {metric_words(r.metric)}; {level_words(r.metric, r.level)}.\n",
-        f"Thresholds: {criterion('N*', r.metric, r.level)}; {criterion('T*', r.metric, r.level)}.\n",
-        f"{RELATIVE_CAVEAT}\n" if is_relative(r.metric) else "",
-        "## Verdicts\n",
-        _table_md(
-            pd.DataFrame([{"claim": c.id, "verdict": c.verdict, "read as": c.criterion} for c in targeted])
-        ),
-        "Not targeted by this sweep: " + ", ".join(f"{c.id} ({c.evidence})" for c in others) + ".\n"
-        if others
-        else "",
-        "## Grid\n",
-        _table_md(r.grid),
-    ]
-    views = grid_views(r.runs)
-    if views:
-        parts += [
-            "## Risk over the grid\n",
-            f"The median final {metric_words(r.metric)} over the seeds of each grid point; values at or "
-            f"below the level {r.level:g} in bold. Diverged runs are left out of the medians (see Runs).\n",
-        ]
-    for view in views:
-        parts += [f"### {view.title(r.metric)}\n", *_figure_md(view.name, r, figures)]
-        for title, t in risk_tables(view.runs(r.runs), r.metric, view.axes):
-            parts += [f"**{title}**\n", _table_md(t, at_most=r.level)]
-    if not views:  # a grid of another shape: its two most varied axes
-        for title, t in risk_tables(r.runs, r.metric):
-            parts += [f"**{title}**\n", _table_md(t, at_most=r.level)]
-    if "heatmap_gen_gap" in r.figures and figures is not None:
-        parts += ["### Generalization gap over m x N\n", *_figure_md("heatmap_gen_gap", r, figures)]
-    if "learning_curves" in r.figures and figures is not None:
-        parts += ["## Learning curves\n", *_figure_md("learning_curves", r, figures)]
-    for c in targeted:
-        parts += [f"## {c.id}: {c.verdict}\n", f"{c.text}\n" if c.text else ""]
-        parts += [f"Read as: {c.criterion}.\n" if c.criterion else "", f"{c.evidence}\n"]
-        for title, t in c.tables:
-            parts += [f"**{title}**\n", _table_md(t)]
-        for f in c.figures:
-            parts += _figure_md(f, r, figures)
-    noise = estimator_noise(r.runs) if {"status", "outcome", "data.N"} <= set(r.runs.columns) else None
-    if noise is not None and len(noise) == 2:
-        parts += [
-            "## The risk estimate: tail average against last iterate\n",
-            "Between neighbouring N on one curve the risk should only fall; how much each estimate jumps "
-            "instead (main task, points below 0.9):\n",
-            _table_md(noise),
-        ]
-    caveats = scale_and_caveats(r.runs)
-    if caveats:
-        parts += ["## Scale and caveats\n", "\n".join(caveats) + "\n"]
-    diverged = r.runs[r.runs["outcome"] == "diverged"] if "outcome" in r.runs else r.runs.iloc[:0]
-    if len(diverged) or runs_list:
-        parts += ["## Runs\n"]
-    if len(diverged):
-        parts += [
-            f"### Diverged runs ({len(diverged)}: left out of every median and figure)\n",
-            runs_md(r, diverged),
-        ]
-    if runs_list:
-        parts += [f"### All {len(r.runs)} runs\n", runs_md(r, r.runs)]
-    return "\n".join(parts)
-
-
-# "N*", "T*(L)": an asterisk right after a letter or a bracket is the threshold's name, never emphasis
-_STAR = re.compile(r"(?<=[A-Za-z0-9)\]])\*(?!\*)")
-_IMG = re.compile(r'<img alt="([^"]*)" src="([^":]+)"\s*/?>')  # a relative src: a figure's file
-STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222;
-       line-height: 1.45; }
-h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
-table { border-collapse: collapse; font-size: 12px; margin: .5em 0 1.2em; }
-td, th { border: 1px solid #ccc; padding: 2px 6px; }
-th { background: #f3f3f3; }
-tr:nth-child(even) td { background: #fafafa; }
-img { max-width: 100%; border: 1px solid #eee; }
-code { background: #f3f3f3; padding: 0 .2em; font-size: 90%; }
-"""
-
-
-def to_html(text: str, out: Path, title: str = "rnnsgd report") -> str:
-    """A self-contained page from the report's Markdown (the `markdown` package, its tables extension), with
-    raw HTML in the text escaped (an evidence line may hold "<lag>") and each figure inlined as a data URI
-    read from its file under out."""
-    md = markdown_lib.Markdown(extensions=["tables", "sane_lists"], output_format="html")
-    md.preprocessors.deregister("html_block")  # text from the runs is text, never markup
-    md.inlinePatterns.deregister("html")
-    body = md.convert(_STAR.sub(r"\\*", text))
-
-    def inline(m: re.Match) -> str:
-        data = base64.b64encode((out / html.unescape(m[2])).read_bytes()).decode()
-        return f'<img alt="{m[1]}" src="data:image/png;base64,{data}">'
-
-    body = _IMG.sub(inline, body)
-    return (
-        f"<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n"
-    )
-
-
-def write(r: Report, out: Path) -> tuple[Path, Path]:
-    """report.md (figures linked from out/figures) and report.html (self-contained), every run listed."""
-    out.mkdir(parents=True, exist_ok=True)
-    md = to_markdown(r, runs_list=True)
-    md_path, html_path = out / "report.md", out / "report.html"
-    md_path.write_text(md)
-    html_path.write_text(to_html(md, out, f"rnnsgd report: {r.sweep}"))
-    return md_path, html_path
-
-
-def write_findings(r: Report, path: Path, preface: Sequence[str]) -> Path:
-    """The report as a page of the docs (e.g. docs/findings.md): its figures (PNG) in the folder named after
-    the page, beside it, linked relatively; preface (how it was made and how to reproduce it) after the
-    title."""
-    folder = path.parent / path.stem
-    folder.mkdir(parents=True, exist_ok=True)
-    for files in r.figures.values():
-        for f in files:
-            if f.suffix == ".png":
-                shutil.copyfile(f, folder / f.name)
-    path.write_text(to_markdown(r, figures=path.stem, preface=preface))
-    return path

@@ -115,38 +115,49 @@ def synthetic_runs(
 ) -> pd.DataFrame:
     """Per-run rows (data.L, data.N, seed.teacher, seed.run, test/excess_risk, true_log_nstar) for the
     generator `law` (module docstring); the default design is E1's full grid (5 seeds, 10 at L >= 32,
-    3 teachers). center: re-center the generator on this L and N grid (module docstring)."""
+    3 teachers). center: re-center the generator on this L and N grid (module docstring). eps: the level
+    every curve crosses at its N*, so a threshold at level eps reads the true N*."""
     if law not in TRUTHS:
         raise ValueError(f"unknown generator {law!r}; choose from {sorted(TRUTHS)}")
     L = np.asarray(L, dtype=float)
     N = np.asarray(N, dtype=float)
+    mu = _true_log_nstar(law, L, N, center)
+    u = rng.normal(scale=sd_teacher, size=teachers)
+    curve = {"eps": eps, "alpha": alpha, "r_max": r_max, "sd_point": sd_point}
+    parts = []
+    for i, l in enumerate(L):
+        ns = seeds_large if l >= large_from else seeds
+        t = np.repeat(np.arange(teachers), ns)  # (units,)
+        v = rng.normal(scale=sd_cell, size=teachers)
+        log_nstar = mu[i] + u[t] + v[t] + sd_seed * rng.normal(size=len(t))
+        risk = learning_curves(log_nstar, N, rng, **curve)
+        parts.append(_cell_rows(l, N, t, np.tile(np.arange(ns), teachers), risk, log_nstar))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _true_log_nstar(law: str, L: np.ndarray, N: np.ndarray, center: bool) -> np.ndarray:
+    """mu(L) of the generator, shifted when centered so that N* at sqrt(L_min L_max) is the N grid's
+    geometric middle (module docstring)."""
     params = TRUTHS[law]["params"]
     mu = mu_raw(law, params, L)
     if center:
         mid = mu_raw(law, params, np.sqrt(L.min() * L.max()))
         mu = mu - mid + (np.log(N.min()) + np.log(N.max())) / 2
-    u = rng.normal(scale=sd_teacher, size=teachers)
-    parts = []
-    for i, l in enumerate(L):
-        ns = seeds_large if l >= large_from else seeds
-        t = np.repeat(np.arange(teachers), ns)  # (units,)
-        s = np.tile(np.arange(ns), teachers)
-        v = rng.normal(scale=sd_cell, size=teachers)
-        log_nstar = mu[i] + u[t] + v[t] + sd_seed * rng.normal(size=len(t))
-        risk = learning_curves(log_nstar, N, rng, eps=eps, alpha=alpha, r_max=r_max, sd_point=sd_point)
-        parts.append(
-            pd.DataFrame(
-                {
-                    "data.L": l,
-                    "data.N": np.tile(N, len(t)),
-                    "seed.teacher": np.repeat(t, len(N)),
-                    "seed.run": np.repeat(s, len(N)),
-                    "test/excess_risk": risk.ravel(),
-                    "true_log_nstar": np.repeat(log_nstar, len(N)),
-                }
-            )
-        )
-    return pd.concat(parts, ignore_index=True)
+    return mu
+
+
+def _cell_rows(l, N, teacher, run, risk, log_nstar) -> pd.DataFrame:
+    """One row per (unit, N) of one L: a unit's curve `risk` (units, len(N)) laid out as runs."""
+    return pd.DataFrame(
+        {
+            "data.L": l,
+            "data.N": np.tile(N, len(teacher)),
+            "seed.teacher": np.repeat(teacher, len(N)),
+            "seed.run": np.repeat(run, len(N)),
+            "test/excess_risk": risk.ravel(),
+            "true_log_nstar": np.repeat(log_nstar, len(N)),
+        }
+    )
 
 
 def run_validation(
@@ -166,9 +177,10 @@ def run_validation(
     fit_laws: the candidate laws fitted (the pipeline's full set by default; it must include power and
     exponential, and encompassing and quasi for the verdict's super-polynomial guard). n_boot: bootstrap
     replicates per fit (the analysis default is 2000; E0 uses fewer to keep its cost down, which widens the
-    Monte Carlo error of P(win) but not the verdict rule). design: keyword overrides for synthetic_runs
-    (the L and N grids, seeds, center, the noise of estimate_noise). The verdict's own span gate is off
-    (min_span=1): E0 measures the rule at every span, and its span study is what sets that gate.
+    Monte Carlo error of P(win) but not the verdict rule). eps: the generator's crossing level, which is
+    also the threshold level, given here explicitly (synthetic_runs). design: keyword overrides for
+    synthetic_runs (the L and N grids, seeds, center, the noise of estimate_noise). The verdict's own span
+    gate is off (min_span=1): E0 measures the rule at every span, and its span study is what sets that gate.
 
     Returns (summary, text): one row per generator with n, expected verdict, counts of each verdict,
     p_correct (share with the right verdict, module docstring), p_true_best (share where the true law
@@ -176,101 +188,79 @@ def run_validation(
     95% CI and median CI width, the share of censored units and the median observed span (largest over
     smallest L with a crossing unit, which censoring can make much narrower than the grid's); text says
     the same in sentences, with pass/fail against E0's targets (p_correct >= 0.95, coverage within 0.05
-    of 0.95).
+    of 0.95). summary.attrs["per_replicate"] holds the replicates' rows.
     """
     rng = np.random.default_rng(seed)
-    design = dict(design or {})
+    fit = {"laws": fit_laws, "n_boot": n_boot, "n_starts": n_starts, "censoring": censoring}
     records = []
     for law in laws:
-        truth = TRUTHS[law]
-        rate = truth["rate"]
         for rep in range(n_replicates):
-            th = threshold(synthetic_runs(law, rng, eps=eps, **design), level=eps, by=("data.L",), unit=UNIT)
-            seen = th.loc[th["censor"] == "none", "data.L"]
-            observed_span = float(seen.max() / seen.min()) if len(seen) else np.nan
-            try:
-                t = select_scaling_law(
-                    th,
-                    "data.L",
-                    laws=fit_laws,
-                    n_boot=n_boot,
-                    n_starts=n_starts,
-                    holdout=0,
-                    censoring=censoring,
-                    min_span=1.0,
-                    seed=rng,
-                )
-            except ValueError as e:  # counted, never hidden: an unusable replicate is a failure
-                records.append(
-                    {
-                        "truth": law,
-                        "rep": rep,
-                        "verdict": f"error: {e}",
-                        "correct": False,
-                        "observed_span": observed_span,
-                    }
-                )
-                continue
-            row = t.set_index("law")
-            verdict = t.attrs["verdict"]
-            ok = (
-                verdict != "polynomial"
-                if truth["verdict"] == "not polynomial"
-                else verdict == truth["verdict"]
+            th = threshold(
+                synthetic_runs(law, rng, eps=eps, **(design or {})), level=eps, by=("data.L",), unit=UNIT
             )
-            gen = [g for g in TRUTHS if g in row.index]  # the lowest AICc among the generator laws
-            best = row.loc[gen, "aicc"].idxmin() if row.loc[gen, "aicc"].notna().any() else None
-            est, lo, hi = (row.loc[law, c] for c in (rate, f"{rate}_lo", f"{rate}_hi"))
-            true = truth["params"][rate]
-            records.append(
-                {
-                    "truth": law,
-                    "rep": rep,
-                    "verdict": verdict,
-                    "correct": ok,
-                    "true_best": best == law,
-                    "estimate": est,
-                    "ci_lo": lo,
-                    "ci_hi": hi,
-                    "covered": bool(lo <= true <= hi) if np.isfinite(lo) and np.isfinite(hi) else np.nan,
-                    "p_power_beats_exp": t.attrs["p_power_beats_exp"],
-                    "vuong_z": t.attrs["vuong_z"],
-                    "superpoly_c_p": t.attrs["superpoly_c_p"],
-                    "superpoly_q_p": t.attrs["superpoly_q_p"],
-                    "boxcox_theta": t.attrs["boxcox_theta"],
-                    "censored": (t.attrs["n_left_censored"] + t.attrs["n_right_censored"]) / t.attrs["n_obs"],
-                    "observed_span": observed_span,
-                }
-            )
+            records.append({"truth": law, "rep": rep, **_replicate(law, th, fit, rng)})
     per_rep = pd.DataFrame(records)
-    rows = []
-    for law in laws:
-        r = per_rep[per_rep["truth"] == law]
-        truth = TRUTHS[law]
-        counts = r["verdict"].value_counts()
-        rows.append(
-            {
-                "truth": law,
-                "n": len(r),
-                "expected": truth["verdict"],
-                "polynomial": int(counts.get("polynomial", 0)),
-                "exponential": int(counts.get("exponential", 0)),
-                "inconclusive": int(counts.get("inconclusive", 0)),
-                "errors": int(r["verdict"].astype(str).str.startswith("error").sum()),
-                "p_correct": float(r["correct"].mean()),
-                "p_true_best": float(r["true_best"].mean()) if "true_best" in r else np.nan,
-                "rate": truth["rate"],
-                "rate_true": truth["params"][truth["rate"]],
-                "rate_median": float(r["estimate"].median()) if "estimate" in r else np.nan,
-                "coverage": float(r["covered"].astype(float).mean()) if "covered" in r else np.nan,
-                "ci_width_median": float((r["ci_hi"] - r["ci_lo"]).median()) if "ci_lo" in r else np.nan,
-                "censored_share": float(r["censored"].mean()) if "censored" in r else np.nan,
-                "observed_span_median": float(r["observed_span"].median()),
-            }
-        )
-    summary = pd.DataFrame(rows)
+    summary = pd.DataFrame([_summary_row(law, per_rep[per_rep["truth"] == law]) for law in laws])
     summary.attrs["per_replicate"] = per_rep.to_dict(orient="list")
     return summary, summary_text(summary, n_boot=n_boot)
+
+
+def _replicate(law: str, th: pd.DataFrame, fit: dict, rng: np.random.Generator) -> dict:
+    """One E0 replicate: the law fits on the thresholds th of generator `law`, scored against its truth."""
+    seen = th.loc[th["censor"] == "none", "data.L"]
+    observed_span = float(seen.max() / seen.min()) if len(seen) else np.nan
+    try:
+        r = select_scaling_law(th, "data.L", holdout=0, min_span=1.0, seed=rng, **fit)
+    except ValueError as e:  # counted, never hidden: an unusable replicate is a failure
+        return {"verdict": f"error: {e}", "correct": False, "observed_span": observed_span}
+    truth = TRUTHS[law]
+    rate = truth["rate"]
+    row = r.table.set_index("law")
+    ok = r.verdict != "polynomial" if truth["verdict"] == "not polynomial" else r.verdict == truth["verdict"]
+    gen = [g for g in TRUTHS if g in row.index]  # the lowest AICc among the generator laws
+    best = row.loc[gen, "aicc"].idxmin() if row.loc[gen, "aicc"].notna().any() else None
+    est, lo, hi = (row.loc[law, c] for c in (rate, f"{rate}_lo", f"{rate}_hi"))
+    true = truth["params"][rate]
+    return {
+        "verdict": r.verdict,
+        "correct": ok,
+        "true_best": best == law,
+        "estimate": est,
+        "ci_lo": lo,
+        "ci_hi": hi,
+        "covered": bool(lo <= true <= hi) if np.isfinite(lo) and np.isfinite(hi) else np.nan,
+        "p_power_beats_exp": r.p_power_beats_exp,
+        "vuong_z": r.vuong_z,
+        "superpoly_c_p": r.superpoly_c_p,
+        "superpoly_q_p": r.superpoly_q_p,
+        "boxcox_theta": r.boxcox_theta,
+        "censored": (r.n_left_censored + r.n_right_censored) / r.n_obs,
+        "observed_span": observed_span,
+    }
+
+
+def _summary_row(law: str, r: pd.DataFrame) -> dict:
+    """run_validation's summary of one generator's replicates r."""
+    truth = TRUTHS[law]
+    counts = r["verdict"].value_counts()
+    return {
+        "truth": law,
+        "n": len(r),
+        "expected": truth["verdict"],
+        "polynomial": int(counts.get("polynomial", 0)),
+        "exponential": int(counts.get("exponential", 0)),
+        "inconclusive": int(counts.get("inconclusive", 0)),
+        "errors": int(r["verdict"].astype(str).str.startswith("error").sum()),
+        "p_correct": float(r["correct"].mean()),
+        "p_true_best": float(r["true_best"].mean()) if "true_best" in r else np.nan,
+        "rate": truth["rate"],
+        "rate_true": truth["params"][truth["rate"]],
+        "rate_median": float(r["estimate"].median()) if "estimate" in r else np.nan,
+        "coverage": float(r["covered"].astype(float).mean()) if "covered" in r else np.nan,
+        "ci_width_median": float((r["ci_hi"] - r["ci_lo"]).median()) if "ci_lo" in r else np.nan,
+        "censored_share": float(r["censored"].mean()) if "censored" in r else np.nan,
+        "observed_span_median": float(r["observed_span"].median()),
+    }
 
 
 def summary_text(summary: pd.DataFrame, n_boot: int | None = None) -> str:
@@ -343,9 +333,7 @@ def span_study(
     for every span x seeds, n_replicates synthetic sweeps per generator in each.
 
     Only VERDICT_LAWS are fitted (the other laws do not change the verdict) and all four are linear in
-    their parameters, with one maximum, so n_starts=16 finds it. With n_boot=200 a replicate (sweep,
-    thresholds, fits) then takes ~0.1 s on one core (a fit at 2000 bootstrap replicates ~0.3 s, fitting
-    every law ~0.35 s), so the default 27 cells of 40 replicates take about 2 minutes.
+    their parameters, with one maximum, so n_starts=16 finds it (benchmarks/README.md has what a study costs).
 
     Returns one row per (span, seeds, generator): span, seeds, then run_validation's summary columns (n,
     p_correct, coverage, the verdict counts, errors, censored_share, ...); attrs hold the noise used, the
@@ -433,7 +421,7 @@ def estimate_noise(runs: pd.DataFrame, metric: str, level: float, seed: int = 0)
     an L, which is what the fits see.
     Returns {sd_teacher, sd_cell, sd_seed, sd_point, alpha}.
     """
-    th = threshold(runs, x="data.N", y=metric, level=level, by=("data.L",), unit=UNIT)
+    th = threshold(runs, curve_x="data.N", y=metric, level=level, by=("data.L",), unit=UNIT)
     alpha, sd_point = _local_fits(runs, metric, th)
     var_read = _reading_var(np.unique(runs["data.N"]), level, alpha, sd_point, np.random.default_rng(seed))
     return {**_threshold_spread(th, var_read), "sd_point": sd_point, "alpha": alpha}
@@ -471,7 +459,7 @@ def _reading_var(N: np.ndarray, level: float, alpha: float, sd_point: float, rng
     log_nstar = rng.uniform(np.log(N.min()), np.log(N.max()), size=n)
     risk = learning_curves(log_nstar, N, rng, eps=level, alpha=alpha, r_max=np.inf, sd_point=sd_point)
     df = pd.DataFrame({"data.N": np.tile(N, n), "unit": np.repeat(np.arange(n), len(N)), "y": risk.ravel()})
-    th = threshold(df, x="data.N", y="y", level=level, by=(), unit=("unit",))
+    th = threshold(df, curve_x="data.N", y="y", level=level, by=(), unit=("unit",))
     ok = (th["censor"] == "none").to_numpy()
     return float(np.var(np.log(th["x_star"].to_numpy()[ok]) - log_nstar[th["unit"].to_numpy()[ok]]))
 
