@@ -17,6 +17,11 @@ than --max-step-seconds (estimated from the plain rate) or when the pack's memor
 
     .venv/bin/python benchmarks/bench_packed.py                                  # the issue's table, CPU
     .venv/bin/python benchmarks/bench_packed.py --m 128 --L 8 --K 1 16           # one cell
+    .venv/bin/python benchmarks/bench_packed.py --runs 16000 --m 128 --L 8 --K 1 4 16  # whole runs
+
+--runs T: instead, whole packed runs (`PackedTrainer.run`, evaluations included) of K models of the default
+config with T steps, one after another for each K (--repeats rounds): per-model steps per second, the share of
+the run's wall time spent outside SGD (the evaluations), and the seconds that one model's evaluation costs.
     python benchmarks/bench_packed.py --device cuda --m 512 2048 4096 --L 8 32   # a GPU
 """
 
@@ -153,6 +158,55 @@ def bench(m: int, L: int, Ks: list[int], args: argparse.Namespace, peak: float) 
     return rows
 
 
+def run_config(m: int, L: int, T: int, device: str, seed: int) -> TrialConfig:
+    flat = {"model.m": m, "data.L": L, "train.T": T, "train.device": device, "seed.run": seed}
+    return TrialConfig.from_flat(flat)
+
+
+def whole_run(m: int, L: int, K: int, T: int, device: torch.device) -> tuple[float, float, float]:
+    """A packed run of K models to its end: per-model steps per second by the wall clock, the share of the
+    wall time outside SGD, and seconds per model evaluation. SGD is timed around the pack's `_sgd_to_next`,
+    from outside, so that the same measurement runs on older code (whose evaluations go model by model)."""
+    pack = PackedTrainer([run_config(m, L, T, device.type, seed) for seed in range(K)])
+    sgd_seconds, evals, stepping = [0.0], [0], pack._sgd_to_next
+
+    def timed(active: list[int]) -> list[tuple[int, float, float]]:
+        t0 = time.perf_counter()
+        reached = stepping(active)
+        sync(device)
+        sgd_seconds[0] += time.perf_counter() - t0
+        return reached
+
+    def count(_k: int, _metrics: dict[str, float], _trainer: Trainer) -> None:
+        evals[0] += 1
+
+    pack._sgd_to_next = timed
+    t0 = time.perf_counter()
+    results = pack.run(count)
+    wall = time.perf_counter() - t0
+    steps = sum(r.metrics["step"] for r in results)
+    return steps / wall, 1 - sgd_seconds[0] / wall, (wall - sgd_seconds[0]) / evals[0]
+
+
+def bench_runs(args: argparse.Namespace) -> None:
+    """The --runs table: each K in turn, --repeats rounds; medians and ranges."""
+    device = torch.device(args.device)
+    cells = [(m, L, K) for m in args.m for L in args.L for K in args.K]
+    got: dict[tuple[int, int, int], list[tuple[float, float, float]]] = {c: [] for c in cells}
+    for _ in range(args.repeats):
+        for cell in cells:
+            got[cell].append(whole_run(*cell, args.runs, device))
+    print(f"{'m':>5} {'L':>3} {'K':>3} {'step/s per model':>22} {'eval share':>17} {'s per model eval':>20}")
+    for (m, L, K), rows in got.items():
+        cols = [spread([r[i] for r in rows], fmt) for i, fmt in enumerate(("{:.0f}", "{:.1%}", "{:.4f}"))]
+        print(f"{m:>5} {L:>3} {K:>3} {cols[0]:>22} {cols[1]:>17} {cols[2]:>20}", flush=True)
+
+
+def spread(values: list[float], fmt: str) -> str:
+    """median [min, max]"""
+    return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}, {fmt.format(max(values))}]"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -165,9 +219,15 @@ def main() -> None:
     ap.add_argument("--max-step-seconds", type=float, default=2.0, help="skip slower packs (s per step)")
     ap.add_argument("--no-ref", action="store_true", help="leave out the torch.nn.RNN reference")
     ap.add_argument("--no-check", dest="check", action="store_false", help="skip the equality check")
+    ap.add_argument("--runs", type=int, metavar="T", help="time whole packed runs of T steps instead")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.runs:
+        print(
+            f"torch {torch.__version__}; {torch.get_num_threads()} CPU thread(s); whole runs, T = {args.runs}"
+        )
+        return bench_runs(args)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = matmul_gflops(device)

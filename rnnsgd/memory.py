@@ -1,11 +1,11 @@
 """How much memory training takes, from configs alone, and how much cache a CPU core has: nothing is
 allocated, and torch is imported only to ask a GPU its size.
 
-The trainer sizes its work by `block_steps` and `eval_chunk`; packs are sized by `pack_bytes` and `max_pack`
-(rnnsgd.packed, rnnsgd.sweep.packing); `rnnsgd train` and every point of a sweep are checked against the
-machine by `check_fits` before anything starts. The estimate counts what each model holds on its device
-(weights, data, one evaluation interval's samples, the teacher) plus the buffers that a pack's step and an
-evaluation share, with a margin; tests/test_packed.py holds it against measured peaks.
+The trainer sizes its work by `block_steps`, `eval_chunk` and `eval_jobs`; packs are sized by `pack_bytes` and
+`max_pack` (rnnsgd.packed, rnnsgd.sweep.packing); `rnnsgd train` and every point of a sweep are checked
+against the machine by `check_fits` before anything starts. The estimate counts what each model holds on its
+device (weights, data, one evaluation interval's samples, the teacher) plus the buffers that a pack's step and
+an evaluation share, with a margin; tests/test_packed.py holds it against measured peaks.
 """
 
 from __future__ import annotations
@@ -29,6 +29,20 @@ def eval_chunk(cfg: TrialConfig) -> int:
     """How many samples an evaluation's forward pass takes at once: EVAL_BYTES of hidden states, at most 4096
     (so that large m x L do not hold a whole test set's states per buffer)."""
     return max(1, min(4096, EVAL_BYTES // (cfg.data.L * cfg.model.m * 4)))
+
+
+def eval_jobs(cfg: TrialConfig, n: int, cpu: bool) -> int:
+    """How many objectives (a network and a shift on a set of n samples) one batched forward pass of an
+    evaluation takes at once (rnnsgd.train.objectives), each in chunks of `eval_chunk` samples. On CUDA,
+    chunks of EVAL_BYTES of hidden states together, as one objective's chunk holds alone (or one chunk,
+    where one is more): a pass's kernels are launched once for all of them. On a CPU, as many as keep
+    their input terms and hidden states within half this core's share of the last-level cache (as
+    `group_size` for SGD): past it a batched pass streams them from memory and is slower than one
+    objective at a time (benchmarks/README.md)."""
+    per_job = min(eval_chunk(cfg), n) * cfg.data.L * cfg.model.m * 4
+    if cpu:
+        return max(1, cpu_cache_bytes() // 2 // (2 * per_job))
+    return max(1, EVAL_BYTES // per_job)
 
 
 def block_steps(K: int, cfg: TrialConfig) -> int:
@@ -61,8 +75,7 @@ def model_bytes(cfg: TrialConfig) -> int:
 
 
 def _shared_bytes(cfgs: Sequence[TrialConfig], K: int) -> int:
-    """Step buffers for a pack of K models like cfgs plus the largest single-model evaluation (models
-    evaluate in turn)."""
+    """Step buffers for a pack of K models like cfgs plus the largest evaluation (`_evaluation_bytes`)."""
     cfg = cfgs[0]
     m, L, d_x, d, b = cfg.model.m, cfg.data.L, cfg.data.d_x, cfg.data.d, cfg.train.batch
     per_step = K * b * L * m * 4  # one (L, K, b, m) float32 buffer
@@ -70,18 +83,24 @@ def _shared_bytes(cfgs: Sequence[TrialConfig], K: int) -> int:
     block = C * per_step + C * K * b * L * (d_x + 1 + d) * 4  # projected inputs, gathered samples
     step = 8 * per_step + 2 * K * L * m * d * 4  # h, g, mask, delta, h_prev, z, temporaries
     rows = CHUNK_STEPS * K * b * 8 * 2
-    evaluation = max(
-        3 * min(eval_chunk(c), c.data.n_test) * c.data.L * m * 4  # u, h, F of an objective chunk
-        + 12 * m * m * 8  # float64 W + W', eigvals / SVD workspaces
-        + 10 * c.train.probe * c.data.L * m * 8  # probe states, primal and tangent (JVP), float64
-        for c in cfgs
-    )
+    evaluation = max(_evaluation_bytes(c, K) for c in cfgs)
     build = max(  # a model's data while it is drawn: float64 tokens, labels and inputs (one at a time)
         max(c.data.n_test, 0 if c.data.online else c.data.N, c.train.eta_probe, 4096)
         * (c.data.L * (2 * d_x + 2 + 2 * d) * 8)
         for c in cfgs
     )
     return block + step + rows + max(evaluation, build)
+
+
+def _evaluation_bytes(cfg: TrialConfig, K: int) -> int:
+    """An evaluation in a pack of K: one batched pass of up to 3 K objectives (`eval_jobs`; the last iterate
+    and the tail average on the test set and the train subset of each model) plus the float64 diagnostics of
+    one model (they follow it: counting both is a margin)."""
+    m, L, n = cfg.model.m, cfg.data.L, cfg.data.n_test
+    jobs = min(3 * K, eval_jobs(cfg, n, cpu=False))  # CUDA's passes: the larger
+    objectives = jobs * (3 * min(eval_chunk(cfg), n) * L * m * 4 + m * m * 4)  # u, h, F of a chunk; W + W'
+    diagnostics = 12 * m * m * 8 + 10 * cfg.train.probe * L * m * 8  # W + W', eigvals / SVD; probe JVP states
+    return objectives + diagnostics
 
 
 def pack_bytes(cfgs: Sequence[TrialConfig]) -> int:

@@ -11,12 +11,14 @@ Two shapes share that code (`_Elman`): `RNN`, one network, and `Pack`, K network
 W (K, m, m), A (K, m, d_x+1), B (K, d_out, m), whose inputs carry a leading K axis and whose products are
 batched over K (bmm). A pack uses only operations whose result for one network does not depend on the others
 (no reduction across K, no product whose rounding depends on K): a network trained in a pack of K gets the
-bits it gets in a pack of one. One-sample SGD always runs on a pack (rnnsgd.train.sgd_steps); evaluations
-run on one network.
+bits it gets in a pack of one. One-sample SGD always runs on a pack (rnnsgd.train.sgd_steps); so do the
+evaluations' forward passes (`Pack.forward_each`, rnnsgd.train.objectives), each network with the bits of
+`RNN.forward` alone.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -270,6 +272,27 @@ class Pack(_Elman):
             u.addcmul_(xs[c], cols[c])
         return u
 
+    def forward_each(
+        self, x: torch.Tensor, W_total: torch.Tensor, work: dict[str, torch.Tensor] | None = None
+    ) -> list[torch.Tensor]:
+        """F(x_k; W_total_k) of each network k, for an evaluation: x (K, n, L, d_x + 1) -> K outputs
+        (n, L, d_out), each bit for bit what `RNN.forward` gives that network alone on x_k (so that a model is
+        scored alike in a pack and alone). The input terms are one batched product whose batches are the
+        products `RNN.project` makes (the same rows, position-major; `project`'s sum of columns rounds
+        otherwise); the recurrence is `recurrence`'s; the output product is made per network, as `RNN` makes
+        it (one batched over K n samples rounds otherwise).
+        work: a dict the caller keeps across calls, for the input terms and hidden states (`_scratch`).
+        """
+        K, n, L, d_in = x.shape
+        x_pm = x.movedim(-2, 1).reshape(K, L * n, d_in)  # rows position-major, as RNN.project's product
+        u = torch.bmm(x_pm, self.A.mT, out=_scratch(work, "u", x, (K, L * n, self.m)))
+        u = u.view(K, L, n, self.m).transpose(0, 1)  # (L, K, n, m)
+        if not u.is_contiguous():  # K > 1: the recurrence wants each position's block contiguous
+            u = _scratch(work, "u_pm", x, u.shape).copy_(u)
+        h_out = None if self.activation == "linear" else _scratch(work, "h", x, u.shape)  # linear: h is u
+        h = self.recurrence(u, W_total, out=h_out).movedim(0, -2)  # (K, n, L, m) views
+        return [h[k] @ self.B[k].T for k in range(K)]
+
     @staticmethod
     def _acc(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         out.baddbmm_(a, b)
@@ -293,3 +316,16 @@ class Pack(_Elman):
         delta = delta.transpose(0, 1).reshape(K, -1, m)  # (K, (L-1) n, m), rows ordered as in `RNN`
         h_prev = h_prev.transpose(0, 1).reshape(K, -1, m)
         return torch.bmm(delta.mT, h_prev) if out is None else out.baddbmm_(delta.mT, h_prev, alpha=alpha)
+
+
+def _scratch(work: dict[str, torch.Tensor] | None, name: str, like: torch.Tensor, shape) -> torch.Tensor:
+    """A tensor of this shape, like `like`, on the front of `work`'s buffer `name`, which grows when too small
+    (None: a new tensor). Evaluations reuse one buffer across their sets of several sizes: a fresh buffer of
+    this size costs a page fault per page each time."""
+    numel = math.prod(shape)
+    if work is None:
+        return like.new_empty(shape)
+    buf = work.get(name)
+    if buf is None or buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device:
+        buf = work[name] = like.new_empty(numel)
+    return buf[:numel].view(shape)

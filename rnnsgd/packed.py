@@ -4,19 +4,20 @@ One-sample SGD on a small RNN is a chain of tiny matrix-vector products: alone, 
 waiting on launch and Python overhead. A pack trains K trials whose shapes agree (`pack_key`: m, L, d_x, d,
 batch, loss, activation, online, device) as one: every SGD step is one batched recurrence and BPTT over K
 (`rnnsgd.train.sgd_steps`, the same loop that a plain `Trainer` runs as a pack of one), and the evaluations
-follow the loop of a plain run (`rnnsgd.train.run_schedule`).
+follow the loop of a plain run (`rnnsgd.train.run_schedule`), which computes the objectives of the models due
+at one step together (in batched forward passes: rnnsgd.memory.eval_jobs).
 
 Each model is an ordinary `Trainer` (teacher, data, named generators, evaluation, verdict, history, checkpoint
 state) that holds its W, A, B and W' in rows of the pack's (K, ...) tensors (`Trainer.hold`) and draws its own
 samples from its own streams for each interval between its evaluations (`Trainer.draw`), so that its
 trajectory is the one it has alone: bit for bit on the CPU where m is a multiple of 16 (the batched operations
 give each model the bits it gets in a pack of one; for other m the models' vectors are not 64-byte aligned
-within the pack and MKL may round differently), to float32 rounding otherwise and on CUDA. Only stepping is
-shared. Models may differ in N, eps (so lambda, eta, T and the eval grid), c_*, the teacher and run seeds,
-task, Phi, eps_x, noise, w_var: the pack steps to the next evaluation of any model, evaluates the models whose
-point it is, and drops those that ended (completed, budget, diverged) from the pack; NaN in one model's slice
-never reaches another's. On a CPU the models step in cache-sized groups (rnnsgd.memory.group_size): past the
-cache, a batched product is slower than separate ones.
+within the pack and MKL may round differently), to float32 rounding otherwise and on CUDA. Only stepping and
+the evaluations' forward passes are shared. Models may differ in N, eps (so lambda, eta, T and the eval grid),
+c_*, the teacher and run seeds, task, Phi, eps_x, noise, w_var: the pack steps to the next evaluation of any
+model, evaluates the models whose point it is, and drops those that ended (completed, budget, diverged) from
+the pack; NaN in one model's slice never reaches another's. On a CPU the models step in cache-sized groups
+(rnnsgd.memory.group_size): past the cache, a batched product is slower than separate ones.
 
     results = train_packed([cfg.replace(**{"seed.run": s}) for s in range(16)], on_eval)
 

@@ -14,12 +14,14 @@ non-smooth loss the last iterate's risk swings between neighbouring runs, the ta
 (docs/metrics.md).
 
 `run_schedule` is the loop over the evaluation grid, for one trainer (`Trainer.run`) and for a pack of them
-(rnnsgd.packed); `sgd_steps` is the SGD loop, for a pack of K networks (a plain run is a pack of one). Per
-step it does one K m x m sum (W + W'), the L-step recurrence and its BPTT batched over K, and the update fused
-into one product, into buffers (and views of them) that the caller keeps; -eta_k rides on network k's
-gradient from the start of BPTT (it is linear), so networks with different step sizes share one product.
-Nothing waits on the device. The bits of network k do not depend on the other networks of the pack (see
-rnnsgd.model): a pack of K equals K packs of one.
+(rnnsgd.packed); it computes the objectives of the evaluations due at once together (`evaluate_risks`: batched
+forward passes, as many objectives each as rnnsgd.memory.eval_jobs allows; rnnsgd.model.Pack.forward_each
+gives each model the bits it gets alone). `sgd_steps` is the SGD loop, for a pack of K networks (a plain run
+is a pack of one). Per step it does one K m x m sum (W + W'), the L-step recurrence and its BPTT batched over
+K, and the update fused into one product, into buffers (and views of them) that the caller keeps; -eta_k rides
+on network k's gradient from the start of BPTT (it is linear), so networks with different step sizes share one
+product. Nothing waits on the device. The bits of network k do not depend on the other networks of the pack
+(see rnnsgd.model): a pack of K equals K packs of one.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import torch
 from rnnsgd import concept
 from rnnsgd.config import TrialConfig, eval_steps, schedule
 from rnnsgd.diagnostics import diagnostics, lag_recovery
-from rnnsgd.memory import block_steps, eval_chunk
+from rnnsgd.memory import block_steps, eval_chunk, eval_jobs
 from rnnsgd.metrics import (
     GEN_GAP,
     MECHANISM,
@@ -89,6 +91,21 @@ class Sample:
     x: torch.Tensor  # (n, L, d_x + 1) network inputs
     y: torch.Tensor  # (n, L, d) noisy labels
     f: torch.Tensor  # (n, L, d) clean F*(x*), for OPT
+
+
+# an objective to compute: a trainer's network at a shift W' on a sample set (`objectives`)
+Job = tuple["Trainer", torch.Tensor, Sample]
+
+
+@dataclass
+class Risks:
+    """The objectives an evaluation scores (`Trainer.risk_jobs`), computed with other trainers' at once
+    (`evaluate_risks`): the last iterate's and the tail average's on the test set, the last iterate's on the
+    train subset (None online)."""
+
+    test: float
+    tail: float
+    train: float | None = None
 
 
 def _as_slice(mask: torch.Tensor) -> slice:
@@ -230,13 +247,7 @@ class Trainer:
 
     def objective(self, s: Sample, W_shift: torch.Tensor | None = None) -> float:
         """Mean over s of sum_j G(lambda F_j(x; W + W'), y_j), at the current W' unless another is given."""
-        total, chunk = 0.0, eval_chunk(self.cfg)
-        W_shift = self.W_shift if W_shift is None else W_shift
-        for i in range(0, s.x.shape[0], chunk):
-            F = self.net.forward(s.x[i : i + chunk], W_shift)
-            risk = concept.risk(self.cfg.train.loss, self.sched.lam * F, s.y[i : i + chunk], self.mask)
-            total += risk.sum().item()
-        return total / s.x.shape[0]
+        return objectives([(self, self.W_shift if W_shift is None else W_shift, s)])[0]
 
     def _constant_risk(self, s: Sample) -> float:
         """Mean over s of sum_j G(c_j, y_j) for the baseline constants c."""
@@ -330,16 +341,25 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ evaluation
 
-    def evaluate(self, sgd_obj: float, steps_per_s: float) -> dict[str, float]:
-        """Every metric of docs/metrics.md at the current step (closing the tail average's interval)."""
-        test = self.objective(self.test)
+    def risk_jobs(self) -> list[Job]:
+        """The objectives of an evaluation at the current step, in the order of `Risks`; closes the tail
+        average's interval first (the tail average takes it in; closing it again at this step is a no-op)."""
         self._close_tail()
-        tail = self.objective(self.test, self.tail_average())
+        jobs = [(self, self.W_shift, self.test), (self, self.tail_average(), self.test)]
+        if self.train_set is not None:
+            jobs.append((self, self.W_shift, self._train_subset()))
+        return jobs
+
+    def evaluate(self, sgd_obj: float, steps_per_s: float, risks: Risks | None = None) -> dict[str, float]:
+        """Every metric of docs/metrics.md at the current step (closing the tail average's interval). risks:
+        its objectives, where they were computed with other trainers' (`evaluate_risks`); by default alone."""
+        r = evaluate_risks([self])[0] if risks is None else risks
+        test, tail = r.test, r.tail
         # STEP stays an int (JSON, MLflow's step, printing); every other value is a float
         metrics: dict[str, float] = {STEP: int(self.step), TEST_RISK: test, "opt": self.opt}
         if self.train_set is not None:
             train = self._train_subset()
-            metrics[TRAIN_RISK] = self.objective(train)
+            metrics[TRAIN_RISK] = r.train
             metrics["train/baseline"] = self._constant_risk(train)
             metrics[GEN_GAP] = test - metrics[TRAIN_RISK]
         metrics["train/sgd_obj"] = sgd_obj
@@ -412,10 +432,13 @@ class Trainer:
             return "budget"
         return None
 
-    def record(self, sgd_obj: float, steps_per_s: float, extra: dict[str, float]) -> dict[str, float]:
-        """Evaluate at the current step with `extra`'s metrics (a pack's size), judge the run (`outcome`, None
-        while it goes on) and keep the metrics in `history`; returns them."""
-        metrics = self.evaluate(sgd_obj, steps_per_s)
+    def record(
+        self, sgd_obj: float, steps_per_s: float, extra: dict[str, float], risks: Risks | None = None
+    ) -> dict[str, float]:
+        """Evaluate at the current step (`evaluate`, with `risks` if computed already) with `extra`'s
+        metrics (a pack's size), judge the run (`outcome`, None while it goes on) and keep the metrics in
+        `history`; returns them."""
+        metrics = self.evaluate(sgd_obj, steps_per_s, risks)
         metrics.update(extra)
         self.outcome = self._verdict(metrics) if self.step > 0 else None
         self.history.append(metrics)
@@ -456,37 +479,118 @@ def run_schedule(
     """Train each trainer along its own evaluation grid (`Trainer.steps`) until it ends; results in order.
 
     Each trainer is evaluated at step 0 (not a resumed one); then `sgd_to_next(active)` steps the active ones
-    until some reach their next evaluation. Each evaluation is recorded with `extra()`'s metrics and judged
-    (`Trainer.record`), then handed to on_eval(k, metrics, trainer); a trainer whose run ended leaves the
-    active ones. isolate_errors: an exception in one trainer's own evaluation ends that trainer only (status
-    "error", the exception in RunResult.error) and the others go on; otherwise it ends the whole run. An
-    exception in on_eval (the caller's, e.g. its tracking) always propagates.
+    until some reach their next evaluation. The evaluations due together have their objectives computed
+    together (`evaluate_risks`); each is recorded with `extra()`'s metrics and judged (`Trainer.record`),
+    then handed to on_eval(k, metrics, trainer); a trainer whose run ended leaves the active ones.
+    isolate_errors: an exception in one trainer's own evaluation ends that trainer only (status "error", the
+    exception in RunResult.error) and the others go on; otherwise it ends the whole run. An exception in
+    on_eval (the caller's, e.g. its tracking) always propagates.
     """
-    errors: dict[int, str] = {}
+    book = _Evaluations(trainers, on_eval, isolate_errors, extra)
+    fresh = [k for k, tr in enumerate(trainers) if tr.step == 0 and not tr.history]
+    ended = book.record([(k, math.nan, math.nan) for k in fresh])
+    # a resumed trainer may have ended already
+    active = [k for k, tr in enumerate(trainers) if k not in ended and tr.outcome is None]
+    while active:
+        ended = book.record(sgd_to_next(active))
+        active = [k for k in active if k not in ended]
+    return [tr.result(book.errors.get(k)) for k, tr in enumerate(trainers)]
 
-    def evaluate(k: int, sgd_obj: float, steps_per_s: float) -> bool:
-        """Record trainer k's evaluation; True when its run ended."""
-        tr = trainers[k]
+
+class _Evaluations:
+    """`run_schedule`'s evaluations: recorded, handed on, and their errors kept (isolate_errors)."""
+
+    def __init__(
+        self,
+        trainers: Sequence[Trainer],
+        on_eval: OnEval | None,
+        isolate_errors: bool,
+        extra: Callable[[], dict[str, float]],
+    ) -> None:
+        self.trainers, self.on_eval, self.extra = trainers, on_eval, extra
+        self.isolate_errors = isolate_errors
+        self.errors: dict[int, str] = {}
+        self.work: dict[str, torch.Tensor] = {}  # the forward passes' buffers, kept for the run
+
+    def record(self, due: list[tuple[int, float, float]]) -> list[int]:
+        """Record the evaluations `due` (index, SGD objective, steps per second), in order, their objectives
+        batched; the indices of the trainers whose run ended."""
+        risks = self._risks([k for k, _, _ in due])
+        return [k for (k, obj, rate), r in zip(due, risks, strict=True) if self._record_one(k, obj, rate, r)]
+
+    def _risks(self, ks: list[int]) -> list[Risks | None]:
+        """The trainers' objectives in one batched pass; where that fails under isolate_errors, None for each:
+        each then computes its own (`Trainer.evaluate`), so that the error ends only the trainer it is in."""
         try:
-            metrics = tr.record(sgd_obj, steps_per_s, extra())
-        except Exception as e:
-            if not isolate_errors:
+            return evaluate_risks([self.trainers[k] for k in ks], self.work)
+        except Exception:
+            if not self.isolate_errors:
                 raise
-            errors[k] = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
+            return [None] * len(ks)
+
+    def _record_one(self, k: int, sgd_obj: float, steps_per_s: float, risks: Risks | None) -> bool:
+        """Record trainer k's evaluation; True when its run ended."""
+        tr = self.trainers[k]
+        try:
+            metrics = tr.record(sgd_obj, steps_per_s, self.extra(), risks)
+        except Exception as e:
+            if not self.isolate_errors:
+                raise
+            self.errors[k] = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
             return True
-        if on_eval is not None:
-            on_eval(k, metrics, tr)
+        if self.on_eval is not None:
+            self.on_eval(k, metrics, tr)
         return tr.outcome is not None
 
-    active = []
-    for k, tr in enumerate(trainers):  # a resumed trainer may have ended already
-        fresh = tr.step == 0 and not tr.history
-        if not (evaluate(k, math.nan, math.nan) if fresh else tr.outcome is not None):
-            active.append(k)
-    while active:
-        ended = [k for k, sgd_obj, rate in sgd_to_next(active) if evaluate(k, sgd_obj, rate)]
-        active = [k for k in active if k not in ended]
-    return [tr.result(errors.get(k)) for k, tr in enumerate(trainers)]
+
+def evaluate_risks(trainers: Sequence[Trainer], work: dict[str, torch.Tensor] | None = None) -> list[Risks]:
+    """Each trainer's `Risks` at its current step (`Trainer.risk_jobs`), computed together (`objectives`)."""
+    jobs = [tr.risk_jobs() for tr in trainers]
+    values = iter(objectives([job for own in jobs for job in own], work))
+    return [Risks(*(next(values) for _ in own)) for own in jobs]
+
+
+def objectives(jobs: Sequence[Job], work: dict[str, torch.Tensor] | None = None) -> list[float]:
+    """`Trainer.objective` of each job (trainer, W', set), in order. The jobs whose networks and sets have one
+    shape share batched forward passes (`Pack.forward_each`), `eval_jobs` at a time, each job in chunks of
+    `eval_chunk` samples as alone: each value has the bits it has computed alone. work: a dict the caller
+    keeps across calls, for the passes' buffers (rnnsgd.model.Pack.forward_each)."""
+    out = [math.nan] * len(jobs)
+    for group in _same_shape(jobs):
+        first_trainer, _, first_set = jobs[group[0]]
+        per_pass = eval_jobs(first_trainer.cfg, first_set.x.shape[0], cpu=first_set.x.device.type == "cpu")
+        for a in range(0, len(group), per_pass):
+            part = group[a : a + per_pass]
+            for i, value in zip(part, _objectives_together([jobs[i] for i in part], work), strict=True):
+                out[i] = value
+    return out
+
+
+def _same_shape(jobs: Sequence[Job]) -> list[list[int]]:
+    """The jobs (indices) that can share a pass: networks of one shape and activation, sets of one shape."""
+    groups: dict[tuple, list[int]] = {}
+    for i, (tr, _, s) in enumerate(jobs):
+        key = (tr.net.W.shape, tr.net.B.shape, tr.net.activation, s.x.shape, s.x.device)  # one device too
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def _objectives_together(jobs: Sequence[Job], work: dict[str, torch.Tensor] | None) -> list[float]:
+    """`objectives` of jobs of one shape as one pack: the means over each set, summed chunk by chunk in the
+    order a lone job sums them."""
+    net = RNN.stack([tr.net for tr, _, _ in jobs])
+    W_total = torch.stack([tr.net.W + W_shift for tr, W_shift, _ in jobs])  # as RNN.forward adds them
+    n, chunk = jobs[0][2].x.shape[0], eval_chunk(jobs[0][0].cfg)
+    totals = [0.0] * len(jobs)
+    for i in range(0, n, chunk):
+        F = net.forward_each(torch.stack([s.x[i : i + chunk] for _, _, s in jobs]), W_total, work)
+        sums = [
+            concept.risk(tr.cfg.train.loss, tr.sched.lam * F_k, s.y[i : i + chunk], tr.mask).sum()
+            for (tr, _, s), F_k in zip(jobs, F, strict=True)
+        ]
+        # one wait for the device per chunk, not one per job
+        totals = [t + v for t, v in zip(totals, torch.stack(sums).tolist(), strict=True)]
+    return [t / n for t in totals]
 
 
 def sgd_steps(

@@ -10,11 +10,14 @@ import pytest
 import torch
 from test_train import same, small, without_perf  # one definition of the shared test helpers
 
+import rnnsgd.train
+from rnnsgd import concept
 from rnnsgd.config import TrialConfig
-from rnnsgd.memory import estimate_bytes, max_pack, pack_bytes
+from rnnsgd.memory import estimate_bytes, eval_chunk, max_pack, pack_bytes
 from rnnsgd.metrics import PACK_SIZE
+from rnnsgd.model import RNN
 from rnnsgd.packed import PACK_FIELDS, PackedTrainer, check_pack, pack_key, train_packed
-from rnnsgd.train import Trainer, train
+from rnnsgd.train import Risks, Trainer, evaluate_risks, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -114,6 +117,77 @@ def test_pack_sgd_equals_trainer_sgd():
         assert torch.equal(plain.W_shift, tr.W_shift)
 
 
+def objective_alone(tr: Trainer, W_shift: torch.Tensor, s) -> float:
+    """The objective as one network computes it alone (`RNN.forward`, chunk by chunk): the reference."""
+    total, chunk, n = 0.0, eval_chunk(tr.cfg), s.x.shape[0]
+    for i in range(0, n, chunk):
+        F = tr.net.forward(s.x[i : i + chunk], W_shift)
+        total += concept.risk(tr.cfg.train.loss, tr.sched.lam * F, s.y[i : i + chunk], tr.mask).sum().item()
+    return total / n
+
+
+@pytest.mark.parametrize("per_pass", [None, 2, 64])  # None: this device's (rnnsgd.memory.eval_jobs)
+def test_batched_evaluation_equals_each_model_alone(monkeypatch, per_pass):
+    """The objectives of a pack's models evaluated together (`evaluate_risks`: batched passes over models
+    with different teachers, tasks, N and n_test, so train subsets and test sets of several sizes) equal
+    those each network computes alone, bit for bit, in passes of any number of objectives (a CPU takes as
+    many as fit its cache, CUDA more: rnnsgd.memory.eval_jobs)."""
+    if per_pass is not None:
+        monkeypatch.setattr(rnnsgd.train, "eval_jobs", lambda cfg, n, cpu: per_pass)
+    cfgs = [
+        small(),
+        small(**{"seed.run": 1, "seed.teacher": 2, "data.noise": 0.2}),
+        small(**{"seed.run": 2, "data.N": 40}),  # a train subset smaller than the test set
+        small(**{"data.n_test": 96, "data.task": "long_range", "data.phi": "z^3"}),
+        small(**{"model.w_var": 1.0, "data.eps_x": 0.8}),
+    ]
+    pack = PackedTrainer(cfgs)
+    pack.sgd(40)
+    for tr in pack.trainers:
+        tr.advance(40)  # a tail average of 40 steps
+    together = evaluate_risks(pack.trainers)
+    for tr, risks in zip(pack.trainers, together, strict=True):
+        jobs = tr.risk_jobs()
+        assert not torch.equal(jobs[0][1], jobs[1][1])  # the tail average is not the last iterate
+        assert risks == Risks(*(objective_alone(tr, W_shift, s) for _, W_shift, s in jobs))
+
+
+@pytest.mark.parametrize("flat", [{}, {"model.m": 30, "data.d": 2}, {"model.activation": "linear"}])
+def test_forward_each_equals_rnn_forward(flat):
+    """Pack.forward_each gives each network the bits of RNN.forward alone, whatever K (m off the 64-byte
+    alignment too: the evaluation's products are not `project`'s), in buffers kept across calls of several
+    sizes."""
+    cfg = small(**flat)
+    gen = torch.Generator().manual_seed(0)
+    nets = [RNN(cfg.model.m, 4, cfg.data.d, gen, activation=cfg.model.activation) for _ in range(5)]
+    shifts = [0.01 * torch.randn(cfg.model.m, cfg.model.m, generator=gen) for _ in nets]
+    x = torch.randn(5, 37, 6, 5, generator=gen)
+    work: dict[str, torch.Tensor] = {}
+    for n in (37, 20):
+        alone = [net.forward(x[k, :n], shifts[k]) for k, net in enumerate(nets)]
+        for K in (1, 5, 2):
+            W_total = torch.stack([net.W + S for net, S in zip(nets[:K], shifts[:K], strict=True)])
+            for k, F in enumerate(RNN.stack(nets[:K]).forward_each(x[:K, :n], W_total, work)):
+                assert torch.equal(F, alone[k])
+
+
+def test_a_pack_evaluates_its_due_models_together(monkeypatch):
+    """The models whose evaluation is due at once have their objectives computed in one call (in batched
+    passes of `eval_jobs` objectives), and the results still equal the runs alone."""
+    sizes, batched = [], rnnsgd.train.evaluate_risks
+
+    def spy(trainers, work=None):
+        sizes.append(len(trainers))
+        return batched(trainers, work)
+
+    monkeypatch.setattr(rnnsgd.train, "evaluate_risks", spy)
+    cfgs = [small(**{"seed.run": s, "train.T": 120}) for s in range(3)]
+    results, _ = packed(cfgs)
+    assert sizes[0] == 3 and max(sizes) == 3
+    for cfg, result in zip(cfgs, results, strict=True):
+        assert_same_run(result, alone(cfg)[0])
+
+
 def test_groups_do_not_change_the_results():
     """On a CPU a pack steps in cache-sized groups (rnnsgd.memory.group_size): any grouping, same bits."""
     cfgs = [small(**{"seed.run": s, "train.c_eta": 0.3 + 0.1 * (s % 2)}) for s in range(5)]  # two etas
@@ -145,24 +219,26 @@ def test_a_diverging_model_leaves_the_pack_alone():
         assert not results[k].metrics["train/risk"] <= 100 * results[k].history[0]["train/risk"]  # or NaN
 
 
-def test_an_error_in_one_model_is_isolated_on_request(monkeypatch):
+@pytest.mark.parametrize(("where", "calls_expected"), [("evaluate", 1), ("risk_jobs", 2)])
+def test_an_error_in_one_model_is_isolated_on_request(monkeypatch, where, calls_expected):
     """isolate_errors: a model whose own evaluation fails leaves the pack with status "error" and the others
     go on; without it the error ends the run. An error in on_eval (the caller's tracking) always
-    propagates."""
+    propagates. Where it fails in the batched pass of the models' objectives (risk_jobs), each model then
+    computes its own, so that it is called once more."""
     cfgs = [small(**{"seed.run": s}) for s in range(3)]
     expected = [alone(cfg)[0] for cfg in cfgs]
-    evaluate, calls = Trainer.evaluate, {"n": 0}
+    real, calls = getattr(Trainer, where), {"n": 0}
 
-    def fail_at_100(trainer: Trainer, sgd_obj: float, steps_per_s: float) -> dict[str, float]:
+    def fail_at_100(trainer: Trainer, *args):
         if trainer.cfg.seed.run == 1 and trainer.step >= 100:
             calls["n"] += 1
             raise RuntimeError("evaluation down")
-        return evaluate(trainer, sgd_obj, steps_per_s)
+        return real(trainer, *args)
 
-    monkeypatch.setattr(Trainer, "evaluate", fail_at_100)
+    monkeypatch.setattr(Trainer, where, fail_at_100)
     results = train_packed(cfgs, isolate_errors=True)
     assert results[1].status == "error" and "evaluation down" in results[1].error
-    assert results[1].metrics["step"] < 100 and calls["n"] == 1
+    assert results[1].metrics["step"] < 100 and calls["n"] == calls_expected
     for k in (0, 2):
         assert_same_run(results[k], expected[k])
     with pytest.raises(RuntimeError, match="evaluation down"):
