@@ -254,7 +254,7 @@ HARDENING = [  # (file content, extra CLI arguments, the one line's tail after "
     (
         "name: a\ngrid:\n  model.m: [32, 1000000]\n",
         ["--dry-run"],
-        "bad.yaml: model.m=1000000: one model of this config needs about 150 TiB, more than the",
+        "bad.yaml: model.m=1000000: one model of this config needs about 155 TiB, more than the",
     ),
     ("name: a\nbase: {model.m: 1000000}\n", [], "bad.yaml: model.m=1000000: one model of this config needs"),
     ("name: a\nbase: {train.eps: .inf}\n", [], "bad.yaml: train.eps: must be finite, got inf"),
