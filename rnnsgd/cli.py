@@ -122,7 +122,6 @@ def _train(args: argparse.Namespace, cfg: Any, device: Any, run: Any, out: TextI
     import torch
 
     from rnnsgd.console import TrainProgress, plural
-    from rnnsgd.metrics import STEP
     from rnnsgd.train import Trainer
 
     trainer = Trainer(cfg)
@@ -141,7 +140,7 @@ def _train(args: argparse.Namespace, cfg: Any, device: Any, run: Any, out: TextI
 
     def on_eval(metrics: dict[str, Any], _trainer: Any) -> None:
         if run is not None:
-            run.log(metrics, int(metrics[STEP]))
+            run.log([metrics])
         if not args.quiet:
             progress.evaluation(metrics)
 
@@ -189,10 +188,10 @@ def _train_tracking(args: argparse.Namespace) -> str:
 
 def _open_train_run(args: argparse.Namespace, uri: str, cfg: Any, device: str):
     """The MLflow run of `rnnsgd train --track`: its experiment (created when new), the flat config as
-    params, tags; metrics then go through tracking.TrialRun (batched) as in a sweep."""
+    params, tags; metrics then go through tracking.PointRun (batched) as in a sweep."""
     from rnnsgd.sweep.runner import git_sha
     from rnnsgd.sweep.spec import SweepError
-    from rnnsgd.sweep.tracking import ROLE, SweepTracker, TrialRun, config_params
+    from rnnsgd.sweep.tracking import ROLE, PointRun, SweepTracker, config_params
 
     try:
         tracker = SweepTracker(uri)
@@ -204,7 +203,7 @@ def _open_train_run(args: argparse.Namespace, uri: str, cfg: Any, device: str):
     tags = {ROLE: "train", "git_sha": git_sha(), "device": device, "rnnsgd.threads": str(args.threads)}
     run_id = tracker.client.create_run(experiment_id, run_name=name[:250], tags=tags).info.run_id
     tracker.client.log_batch(run_id, params=config_params(cfg.to_flat()))
-    return TrialRun(uri, run_id, new=True)
+    return PointRun(uri, run_id, last_step=-1)
 
 
 def ui_command(uri: str) -> str:

@@ -2,8 +2,9 @@
 
     spec.py      sweep-file schema, validation, variants, `--set` overrides, grid expansion, point ids
     tracking.py  every MLflow call: experiment, parent run, child runs, statuses, batched metrics
-    jobs.py      what the driver hands its trials: TrialContext (shared settings) and Job (a point, its run)
-    trial.py     the function one Ray Tune trial runs: checkpoints, re-attach, device
+    jobs.py      what the driver hands its trials (TrialContext, Job) and what they report back (Message)
+    trial.py     the function one Ray Tune trial runs: checkpoints, resume, device; it never calls MLflow
+    recorder.py  the points' runs, written by the driver from the trials' reports (a Tune callback)
     packing.py   which points share a trial (packs of one shape, balanced over the trial slots)
     faults.py    RNNSGD_FAULT, the fault injection the tests use
     runner.py    the driver: Ray start/join, resume and grow, one Tuner over the missing points

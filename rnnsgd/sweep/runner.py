@@ -26,10 +26,11 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from rnnsgd.config import TrialConfig, format_value, schedule
 from rnnsgd.console import plural
@@ -47,16 +48,18 @@ from rnnsgd.sweep.localray import connect_ray
 from rnnsgd.sweep.spec import Point, Sweep, SweepError
 from rnnsgd.sweep.tracking import (
     STATUS_STATE,
+    SweepRun,
     SweepTracker,
-    TrialRun,
     check_reachable,
-    error_tag,
     experiment_url,
     parent_status,
     point_state,
     resolve_tracking_uri,
     store_exists,
 )
+
+if TYPE_CHECKING:
+    from rnnsgd.sweep.recorder import Recorder  # imports Ray Tune: only once the trials are planned
 
 QUIET_LOGGERS = (
     "ray.tune.analysis.experiment_analysis",
@@ -305,9 +308,9 @@ def _with_ray(
         try:
             opened = tracker_future.result()
             concurrency = check_cluster_resources(sweep, out)
-            ctx = _open_sweep(sweep, opened, storage, faults)
+            where = _open_sweep(sweep, opened)
             # ---- from here on runs exist: no more bad input, only outcomes
-            return _drive(sweep, opened, ctx, concurrency, out)
+            return _drive(sweep, opened, where, _trial_context(sweep, storage, faults), concurrency, out)
         finally:
             if started_ray:
                 import ray
@@ -315,9 +318,9 @@ def _with_ray(
                 ray.shutdown()
 
 
-def _open_sweep(sweep: Sweep, tracker: SweepTracker, storage: str, faults: tuple[Fault, ...]) -> TrialContext:
+def _open_sweep(sweep: Sweep, tracker: SweepTracker) -> SweepRun:
     """The sweep's experiment and parent run (under the store's lock: a driver started at the same time then
-    finds this one's parent RUNNING), and what its trials share."""
+    finds this one's parent RUNNING)."""
     sha = git_sha()
     try:
         with tracker.lock():
@@ -326,18 +329,18 @@ def _open_sweep(sweep: Sweep, tracker: SweepTracker, storage: str, faults: tuple
             parent_id = tracker.open_parent(experiment_id, sweep, tags)
     except SweepError as e:  # a deleted experiment, or another live driver on this sweep
         raise SweepError(f"{sweep.source}: {e}") from None
+    return SweepRun(tracker.uri, experiment_id, parent_id, sweep.name, sha)
+
+
+def _trial_context(sweep: Sweep, storage: str, faults: tuple[Fault, ...]) -> TrialContext:
+    """What the sweep's trials share."""
     return TrialContext(
-        tracking_uri=tracker.uri,
-        experiment_id=experiment_id,
-        parent_run_id=parent_id,
         sweep=sweep.name,
-        git_sha=sha,
         faults=faults,
         storage=storage,
         checkpoint_every_s=sweep.checkpoint_every_s,
         resources=sweep.resources,
         pack=sweep.pack,
-        planned_ms=int(time.time() * 1000),
         umask=_umask(),
     )
 
@@ -369,43 +372,51 @@ class Plan:
     packs: list[list[Job]] = field(default_factory=list)
     done_before: int = 0
     ran: TuneRun = field(default_factory=TuneRun)
+    recorder: Recorder | None = None  # writes the points' runs from what their trials report
 
 
 def _drive(
-    sweep: Sweep, tracker: SweepTracker, ctx: TrialContext, concurrency: int, out: TextIO
+    sweep: Sweep, tracker: SweepTracker, where: SweepRun, ctx: TrialContext, concurrency: int, out: TextIO
 ) -> SweepReport:
     """Plan, tune, close up; the close-up runs however the rest ends (a fault, Ctrl+C, an error), so that no
     run the driver opened stays RUNNING, as far as MLflow can still be written."""
     plan = Plan()
     try:
-        _plan(sweep, tracker, ctx, concurrency, plan)
+        _plan(sweep, tracker, where, concurrency, plan)
         _say_plan(sweep, plan, concurrency, out)
         if plan.packs:
             _tune(sweep, plan, ctx, concurrency, out)
     except KeyboardInterrupt:
-        _close(sweep, tracker, ctx, plan, concurrency, out, stopped="the driver was interrupted")
+        _close(sweep, tracker, where, ctx, plan, concurrency, out, stopped="the driver was interrupted")
         raise
     except Exception as e:
-        _close(sweep, tracker, ctx, plan, concurrency, out, error=f"the driver failed: {_short(e)}")
+        _close(sweep, tracker, where, ctx, plan, concurrency, out, error=f"the driver failed: {_short(e)}")
         raise
-    return _close(sweep, tracker, ctx, plan, concurrency, out)
+    return _close(sweep, tracker, where, ctx, plan, concurrency, out)
 
 
-def _plan(sweep: Sweep, tracker: SweepTracker, ctx: TrialContext, concurrency: int, plan: Plan) -> None:
+def _plan(sweep: Sweep, tracker: SweepTracker, where: SweepRun, concurrency: int, plan: Plan) -> None:
     """Mark the orphans (runs left RUNNING by a killed driver: no other live driver holds this sweep,
     open_parent checked) KILLED, then plan the points that are not done: an interrupted one re-attaches
     to its run, a failed one gets a new run. Fills `plan` as it goes: the close-up reads what it got to."""
-    children = tracker.children(ctx.experiment_id, ctx.parent_run_id)
+    children = tracker.children(where.experiment_id, where.parent_run_id)
     for runs in children.values():
         for r in runs:
             if STATUS_STATE.get(r.status) == "running":
                 tracker.mark_killed(r.run_id, "its driver stopped without closing it")
-    children = tracker.children(ctx.experiment_id, ctx.parent_run_id)
+    children = tracker.children(where.experiment_id, where.parent_run_id)
     for p in sweep.points:
         state, run = point_state(children.get(p.point_id, []))
-        if state != "done":
-            plan.jobs.append(Job(p, run.run_id if run is not None and state != "failed" else None))
+        if state == "done":
+            continue
+        if run is not None and state != "failed":  # interrupted: it goes on in its run, from its checkpoint
+            plan.jobs.append(Job(p, run.run_key or uuid.uuid4().hex, run.run_id))
+        else:
+            plan.jobs.append(Job(p, uuid.uuid4().hex))
     plan.done_before = len(sweep.points) - len(plan.jobs)
+    from rnnsgd.sweep.recorder import Recorder
+
+    plan.recorder = Recorder(where, plan.jobs)
     indices = pack_points(sweep, [j.point for j in plan.jobs], concurrency)
     plan.packs = [[plan.jobs[i] for i in pack] for pack in indices]
 
@@ -430,14 +441,14 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
 
 
-def _disk_fault(sweep: Sweep, ctx: TrialContext, ran: TuneRun) -> str | None:
+def _disk_fault(sweep: Sweep, ctx: TrialContext, uri: str, ran: TuneRun) -> str | None:
     """'no space left on device in <folder>' when trials failed or Tune raised and the storage's or the SQLite
     store's filesystem has not even room for a checkpoint left (or their errors say so)."""
     if not ran.errors and not ran.raised:
         return None
     folders = [ctx.storage]
-    if ctx.tracking_uri.startswith("sqlite:///"):
-        folders.append(str(Path(ctx.tracking_uri[len("sqlite:///") :]).parent))
+    if uri.startswith("sqlite:///"):
+        folders.append(str(Path(uri[len("sqlite:///") :]).parent))
     # a failed save removes its partial file: what is left free is less than a whole checkpoint, which
     # holds a few more m x m matrices than the least that checkpoint_bytes counts
     need = max(1 << 20, 4 * max(checkpoint_bytes(p.config) for p in sweep.points))
@@ -476,6 +487,7 @@ class _Writes:
 def _close(
     sweep: Sweep,
     tracker: SweepTracker,
+    where: SweepRun,
     ctx: TrialContext,
     plan: Plan,
     concurrency: int,
@@ -483,36 +495,39 @@ def _close(
     stopped: str | None = None,
     error: str | None = None,
 ) -> SweepReport:
-    """Close up: points whose trials Tune gave up on end FAILED, runs left RUNNING end KILLED (with the
-    reason: `stopped`, an interruption, or the fault), the parent ends as its points' states say
-    (tracking.parent_status), done points drop their checkpoints. Never raises: what it cannot write in
-    MLflow, the report's fault says."""
-    total, ran = len(sweep.points), plan.ran
-    tune_failed = f"Ray Tune failed: {ran.raised}" if ran.raised and not stopped else None  # not Ctrl+C's
-    fault = _join(_disk_fault(sweep, ctx, ran), error, tune_failed)
+    """Close up: what the trials reported is all sent, points whose trials Tune gave up on end FAILED, runs
+    left RUNNING end KILLED (with the reason: `stopped`, an interruption, or the fault), the parent ends as
+    its points' states say (tracking.parent_status), done points drop their checkpoints. Never raises: what
+    it cannot write in MLflow, the report's fault says."""
+    total, ran, recorder = len(sweep.points), plan.ran, plan.recorder
+    tracking = recorder.error if recorder else None  # MLflow failed while the trials ran: what Tune raised
+    tune_failed = f"Ray Tune failed: {ran.raised}" if ran.raised and not (stopped or tracking) else None
+    fault = _join(_disk_fault(sweep, ctx, where.tracking_uri, ran), error, tracking, tune_failed)
     write = _Writes()
     if fault:  # room for MLflow's own writes, if the store shares the full disk: Tune's folder is not needed
         with contextlib.suppress(Exception):
             prune(ctx.storage, sweep.name)
-    for i, text in ran.errors.items():  # retries spent: its process kept dying, or MLflow or storage failed
+    for i, text in ran.errors.items():  # retries spent: its process kept dying, or its storage failed
         why = text or f"its trial failed after {sweep.max_failures} retries ({fault or 'no error kept'})"
         for job in plan.packs[i]:
-            write(_fail_point, tracker, ctx, job.point, why)
+            write(recorder.fail, job, why)
+    if recorder is not None:
+        write(recorder.close)
     reason = f"the sweep stopped: {fault}" if fault else stopped or "its trial stopped without closing it"
-    counts, keep = _settle(sweep, tracker, ctx, plan, reason, write)
+    counts, keep = _settle(sweep, tracker, where, plan, reason, write)
     status = parent_status(counts, total, fault)
-    write(tracker.close_parent, ctx.parent_run_id, status, {**counts, "total": total}, fault)
+    write(tracker.close_parent, where.parent_run_id, status, {**counts, "total": total}, fault)
     if keep is not None:
         try:
             prune(ctx.storage, sweep.name, keep)
         except OSError as e:
             out.write(f"[{sweep.name}] could not prune old checkpoints in {ctx.storage}: {e}\n")
-    fault = _join(fault, write.fault(ctx.tracking_uri))
+    fault = _join(fault, write.fault(where.tracking_uri))
     return SweepReport(
         name=sweep.name,
-        tracking_uri=ctx.tracking_uri,
-        experiment_id=ctx.experiment_id,
-        parent_run_id=ctx.parent_run_id,
+        tracking_uri=where.tracking_uri,
+        experiment_id=where.experiment_id,
+        parent_run_id=where.parent_run_id,
         total=total,
         ran=len(plan.jobs),
         trials=len(plan.packs),
@@ -530,13 +545,13 @@ def _join(*faults: str | None) -> str | None:
 
 
 def _settle(
-    sweep: Sweep, tracker: SweepTracker, ctx: TrialContext, plan: Plan, reason: str, write: _Writes
+    sweep: Sweep, tracker: SweepTracker, where: SweepRun, plan: Plan, reason: str, write: _Writes
 ) -> tuple[dict[str, int], set[str] | None]:
     """(points done, failed, missing; the points whose checkpoints a re-run resumes from): runs left running
     are marked KILLED for `reason`, their points missing. When MLflow cannot be read: what the plan knew,
     and None (keep every checkpoint)."""
     try:
-        children = tracker.children(ctx.experiment_id, ctx.parent_run_id)
+        children = tracker.children(where.experiment_id, where.parent_run_id)
     except Exception as e:
         write.failed.append(_short(e))
         missing = len(sweep.points) - plan.done_before
@@ -617,21 +632,6 @@ def prune(storage: str, sweep_name: str, keep: set[str] | None = None) -> None:
                 store.fs.delete_file(store.path(point_id) + ".tmp")
 
 
-def _fail_point(tracker: SweepTracker, ctx: TrialContext, point: Point, error: str) -> None:
-    """A point whose trial Tune gave up on (its retries are spent): its run, or a new one if the trial died
-    before opening it, ends FAILED with Tune's error as the traceback. Raises what MLflow raises (MLflow
-    itself may be what failed)."""
-    runs = tracker.children(ctx.experiment_id, ctx.parent_run_id).get(point.point_id, [])
-    state, run = point_state(runs)
-    if state in ("done", "failed"):
-        return
-    trial_run = TrialRun.attach(ctx, point, run.run_id if run else None)
-    if trial_run is None:  # ended by an attempt of its trial
-        return
-    trial_run.start(point, {"rnnsgd.error": error_tag(error)})
-    trial_run.finish("error", traceback=error)
-
-
 def pack_label(pack: list[Job]) -> str:
     """A pack's name in progress lines: its one point's label, or what its points share and how many."""
     if len(pack) == 1:
@@ -658,7 +658,7 @@ def _tune(sweep: Sweep, plan: Plan, ctx: TrialContext, concurrency: int, out: Te
     packs = plan.packs
     labels, sizes = [pack_label(p) for p in packs], [len(p) for p in packs]
     progress = Progress(sweep.name, len(sweep.points), plan.done_before, labels, sizes, stream=out)
-    tuner = _tuner(sweep, packs, ctx, concurrency, [progress, Outcomes(plan.ran)])
+    tuner = _tuner(sweep, packs, ctx, concurrency, [plan.recorder, progress, Outcomes(plan.ran)])
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))

@@ -2,7 +2,8 @@
 
 One experiment per sweep name, one parent run per sweep (re-opened by every re-run of it), one child run per
 grid point. Runs end FINISHED (outcome completed, budget or diverged), KILLED (stopped or orphaned) or FAILED
-(with the traceback as an artifact). The driver uses `SweepTracker`; a trial uses `TrialRun`.
+(with the traceback as an artifact). Only the driver writes MLflow: `SweepTracker` for the sweep, `PointRun`
+for each point's run, which it writes from what the point's trial reports (rnnsgd.sweep.recorder).
 
 What the MLflow UI shows is set here too (docs/sweeps.md, "What MLflow holds"): the experiment is tagged as
 model training, not GenAI; the parent carries the sweep's description, its axes and base values as params
@@ -11,8 +12,8 @@ metrics, the varying keys and the outcome as columns and the headline charts fir
 which `experiment_url` opens; a report adds its files and a results table to the parent (`log_report`).
 
 Metric values are logged as they come, NaN included (a NaN means "not defined here", e.g. perf/steps_per_s
-at step 0, or a diverged run). A step may appear twice in a run that was stopped and resumed (the same values
-both times): readers dedupe by (run, key, step), keeping the last.
+at step 0, or a diverged run). A run holds each step once, over retries and resumes (PointRun.last_step);
+readers still dedupe by (run, key, step), keeping the last, for runs logged before that held.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from urllib.parse import urlparse
 
 from rnnsgd.config import FLAT_KEYS, format_value
 from rnnsgd.metrics import GEN_GAP, NRISK, REL_RISK, REL_RISK_TAIL, STEP, TEST_RISK
-from rnnsgd.sweep.jobs import TrialContext
 from rnnsgd.sweep.spec import Point, Sweep, SweepError, sweep_from_dict
 
 ROLE = "rnnsgd.role"  # "parent" | "trial"
@@ -44,6 +44,7 @@ PARENT_ID = "mlflow.parentRunId"
 DEFINITION = "sweep.json"  # the parent's artifact: the resolved sweep, read back by `rnnsgd status NAME`
 TRACEBACK = "traceback.txt"
 FAULT = "rnnsgd.fault"  # on the parent: what stopped the sweep (a full disk, Ray Tune failing), if anything
+RUN_KEY = "rnnsgd.run_key"  # on a point's run: the key its checkpoints carry (jobs.Job)
 RESTARTED = "rnnsgd.restarted"  # on a FAILED run whose point went on in a new run: why (a corrupt checkpoint)
 PARAM_MAX = 500  # MLflow params are strings; the flat config's values are far shorter
 NOTE = "mlflow.note.content"  # the UI's description of a run or an experiment
@@ -216,6 +217,7 @@ class ChildRun:
     outcome: str | None
     start_time: int
     end_time: int | None
+    run_key: str | None  # RUN_KEY (None on a run from before keys)
 
 
 def point_state(runs: list[ChildRun]) -> tuple[str, ChildRun | None]:
@@ -372,8 +374,9 @@ class SweepTracker:
         for r in search_all(self.client, experiment_id, f"tags.`{PARENT_ID}` = '{parent_id}'"):
             pid, info = r.data.tags.get("point_id"), r.info
             if pid:
-                outcome = r.data.tags.get("outcome")
-                run = ChildRun(info.run_id, pid, info.status, outcome, info.start_time or 0, info.end_time)
+                tags, start = r.data.tags, info.start_time or 0
+                outcome, key = tags.get("outcome"), tags.get(RUN_KEY)
+                run = ChildRun(info.run_id, pid, info.status, outcome, start, info.end_time, key)
                 out.setdefault(pid, []).append(run)
         return out
 
@@ -568,93 +571,90 @@ def driver_alive(parent) -> bool:
     return holder.rpartition(":")[0] != socket.gethostname() or _alive_here(holder)
 
 
-class TrialRun:
-    """A trial's side: its child run (created once, re-attached on every retry or resume), metrics, end.
+@dataclass(frozen=True)
+class SweepRun:
+    """Where one driver's run of a sweep lives in MLflow: its points' runs are children of parent_run_id."""
 
-    Metrics are buffered and sent in one request at most every FLUSH_S seconds, and at the end: a request
-    costs milliseconds of Python on the trial's own core whatever it carries, and on SQLite concurrent
-    writers wait for each other's locks. What a killed trial had not sent is in its checkpoint's history,
-    and `relog` sends it when the trial resumes.
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    sweep: str
+    git_sha: str
+
+
+class PointRun:
+    """A point's run, written by the driver from what its trial reports (rnnsgd.sweep.recorder): created, or
+    re-opened, when the trial first reports; metrics buffered and sent in one request when `due` (FLUSH_S
+    after the oldest unsent one) and at the end; ended once.
+
+    last_step is the last step the run holds or has buffered: an evaluation at a step not past it is dropped,
+    so that what a resumed trial sends again (its checkpoint's history) is logged once. Buffering costs
+    nothing on a kill: what was not sent is in the points' checkpoints, and is sent again on resume.
     """
 
     FLUSH_S = 5.0
     MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch
 
-    def __init__(self, uri: str, run_id: str, new: bool) -> None:
+    def __init__(self, uri: str, run_id: str, last_step: int) -> None:
         self.client = _client(uri)
         self.run_id = run_id
-        self.new = new  # created by this attempt (else re-attached to an interrupted or retried run)
+        self.last_step = last_step
         self.buffer: list[list[Any]] = []  # one list of Metric per evaluation
-        self.last_flush = time.monotonic()
+        self.since = 0.0  # monotonic() of the oldest evaluation in the buffer
 
     @classmethod
-    def attach(cls, ctx: TrialContext, point: Point, run_id: str | None) -> TrialRun | None:
-        """The point's one run: None when it has ended since this driver planned it (an earlier attempt of
-        its trial closed it: FINISHED, or FAILED after ctx.planned_ms); else `run_id` (the interrupted run
-        the driver names), or the point's unfinished run under the parent, or a new run. A run FAILED with the
-        RESTARTED tag was given up for a new one (its checkpoint was unreadable): never re-attached, never an
-        end of the point."""
-        uri = ctx.tracking_uri
-        runs = _client(uri).search_runs(
-            [ctx.experiment_id],
-            f"tags.`{PARENT_ID}` = '{ctx.parent_run_id}' and tags.point_id = '{point.point_id}'",
-            order_by=["attributes.start_time DESC"],
-        )
-        restarted = {r.info.run_id for r in runs if r.info.status == "FAILED" and RESTARTED in r.data.tags}
-        ended = [r for r in runs if _ended_since(r, ctx.planned_ms, restarted)]
-        if ended:
-            return None
-        if run_id is not None and run_id not in restarted:
-            return cls(uri, run_id, new=False)
-        live = [r for r in runs if r.info.status not in ("FINISHED", "FAILED")]
-        if live:  # an earlier attempt of this trial opened it, then its process died
-            return cls(uri, live[0].info.run_id, new=False)
-        return cls.create(ctx, point)
-
-    @classmethod
-    def create(cls, ctx: TrialContext, point: Point) -> TrialRun:
-        """A new run of the point under the sweep's parent."""
+    def create(cls, where: SweepRun, point: Point, run_key: str) -> PointRun:
+        """A new run of the point under the sweep's parent, with the flat config as params."""
         tags = {
-            PARENT_ID: ctx.parent_run_id,
+            PARENT_ID: where.parent_run_id,
             ROLE: "trial",
-            "sweep": ctx.sweep,
+            "sweep": where.sweep,
             "point_id": point.point_id,
             "seed": str(point.flat["seed.run"]),
-            "git_sha": ctx.git_sha,
+            "git_sha": where.git_sha,
+            RUN_KEY: run_key,
         }
-        run = _client(ctx.tracking_uri).create_run(ctx.experiment_id, run_name=point.label(), tags=tags)
-        return cls(ctx.tracking_uri, run.info.run_id, new=True)
+        client = _client(where.tracking_uri)
+        run = client.create_run(where.experiment_id, run_name=point.label(), tags=tags)
+        client.log_batch(run.info.run_id, params=config_params(point.flat))
+        return cls(where.tracking_uri, run.info.run_id, last_step=-1)
 
-    def start(self, point: Point, tags: dict[str, str]) -> None:
-        """RUNNING, with this attempt's tags and the flat config as params (again on a re-attached run: the
-        same values, in case the attempt that created it died before logging them)."""
+    @classmethod
+    def reopen(cls, uri: str, run_id: str, point: Point, run_key: str) -> PointRun:
+        """An interrupted run, RUNNING again, with the key its point's checkpoints now carry and the params
+        (again: the same values, in case the driver that created it died before it logged them)."""
         from mlflow.entities import RunTag
 
-        if not self.new:
-            self.client.update_run(self.run_id, status="RUNNING")
-        tags_ = [RunTag(k, v) for k, v in tags.items()]
-        self.client.log_batch(self.run_id, params=config_params(point.flat), tags=tags_)
+        client = _client(uri)
+        client.update_run(run_id, status="RUNNING")
+        client.log_batch(run_id, params=config_params(point.flat), tags=[RunTag(RUN_KEY, run_key)])
+        history = client.get_metric_history(run_id, TEST_RISK)
+        return cls(uri, run_id, last_step=max((m.step for m in history), default=-1))
 
-    def last_logged_step(self, key: str = TEST_RISK) -> int:
-        history = self.client.get_metric_history(self.run_id, key)
-        return max((m.step for m in history), default=-1)
+    def tag(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
 
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        """One evaluation's metrics (all but "step"), sent with the next flush."""
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def log(self, evaluations: list[dict[str, float]]) -> None:
+        """Buffer the evaluations at a step past last_step (their metrics, all but "step"); send the buffer
+        when it is due."""
         from mlflow.entities import Metric
 
         ts = _now_ms()
-        self.buffer.append([Metric(k, float(v), ts, step) for k, v in metrics.items() if k != STEP])
-        if time.monotonic() - self.last_flush >= self.FLUSH_S:
+        for metrics in evaluations:
+            step = int(metrics[STEP])
+            if step <= self.last_step:
+                continue
+            if not self.buffer:
+                self.since = time.monotonic()
+            self.buffer.append([Metric(k, float(v), ts, step) for k, v in metrics.items() if k != STEP])
+            self.last_step = step
+        if self.due():
             self.flush()
 
-    def relog(self, history: list[dict[str, float]]) -> None:
-        """Send the evaluations of a checkpoint's history that MLflow lacks (a killed trial's unsent tail)."""
-        last = self.last_logged_step()
-        for metrics in history:
-            if int(metrics[STEP]) > last:
-                self.log(metrics, int(metrics[STEP]))
-        self.flush()
+    def due(self) -> bool:
+        return bool(self.buffer) and time.monotonic() - self.since >= self.FLUSH_S
 
     def flush(self, tags: list[Any] = ()) -> None:
         """Send the buffer in as few requests as fit, never splitting an evaluation across two."""
@@ -667,7 +667,6 @@ class TrialRun:
         if chunk or tags:
             self.client.log_batch(self.run_id, metrics=chunk, tags=list(tags))
         self.buffer.clear()
-        self.last_flush = time.monotonic()
 
     def finish(self, outcome: str, tags: dict[str, str] | None = None, traceback: str | None = None) -> None:
         """Send what is buffered, then end the run: FINISHED / KILLED / FAILED from the outcome; a traceback
@@ -691,14 +690,6 @@ def config_params(flat: dict[str, Any]) -> list[Any]:
 def error_tag(text: str) -> str:
     """The rnnsgd.error tag of a failed run: the last line of its traceback (the exception), cut to fit."""
     return text.strip().splitlines()[-1][:500]
-
-
-def _ended_since(run: Any, planned_ms: int, restarted: set[str]) -> bool:
-    """Whether a point's run ended its point since the driver planned: FINISHED, or FAILED after planned_ms
-    (a run given up for a new one, RESTARTED, ended nothing)."""
-    status = run.info.status
-    late = (run.info.end_time or 0) >= planned_ms
-    return status == "FINISHED" or (status == "FAILED" and late and run.info.run_id not in restarted)
 
 
 def stored_sweep(name: str, tracking_uri: str | None = None, sets: dict[str, str] | None = None) -> Sweep:

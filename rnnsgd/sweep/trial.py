@@ -1,27 +1,26 @@
 """The function one Ray Tune trial runs: a pack of same-shape grid points (rnnsgd.sweep.packing), each from
-its last checkpoint if it has one, each into its own run.
+its last checkpoint if it has one. A trial never talks to MLflow: it reports what happens to its points
+(jobs.Message) with its Tune reports, and the driver writes their runs (rnnsgd.sweep.recorder), so that the
+trials' processes need neither MLflow nor a route to its server.
 
-    start:  attach every point to its one MLflow run (the interrupted run the driver names, or the run an
-            earlier attempt of this trial opened, else a new child of the sweep's parent); a point that an
-            earlier attempt already ended is skipped; resume each from its checkpoint in storage when that
-            checkpoint belongs to its run (a Tune retry after the trial's process died, or a sweep re-run
-            after an interrupted driver), else start at step 0; a checkpoint that cannot be read back
-            (truncated, corrupt) restarts its point alone from step 0, in a new run if its old one logged
-            anything (the old one ends FAILED, tagged rnnsgd.restarted)
+    start:  resume each point from its checkpoint in storage when that checkpoint belongs to its run (the
+            job's run_key: a Tune retry after the trial's process died, or a sweep re-run after an
+            interrupted driver), else start at step 0; a checkpoint that cannot be read back (truncated,
+            corrupt) is deleted and its point alone starts again from step 0 (`restart`); tell the driver
+            (`start`, with the resumed checkpoint's history as `evals`), at once
     loop:   rnnsgd.packed.PackedTrainer(cfgs, states).run(on_eval), in runs that fit the trial's memory budget
-            (packing.split_to_fit); on_eval hands a point's metrics to its run (sent in batches,
-            tracking.TrialRun), saves its checkpoint (trainer.state_dict() + the run id), closes its run at
-            its last evaluation and reports to Tune (at most every REPORT_S); a resumed point first sends
-            what its checkpoint's history holds and MLflow lacks
-    end:    per point: FINISHED (completed / budget / diverged), FAILED with the traceback (an error in the
-            learner: the point leaves the pack, no retry, it would fail again), KILLED (a Tune stop or
-            Ctrl+C: SystemExit inside tune.report). An MLflow or storage failure (a checkpoint that cannot
-            be written: a full disk) retries the whole trial: its ended points are skipped, the others
-            resume from their checkpoints; on_eval raises it, and it ends the pack's run (PackedTrainer.run
-            isolates the learner's errors, not on_eval's).
+            (packing.split_to_fit); on_eval queues a point's evaluation (`evals`), saves its checkpoint
+            (trainer.state_dict() + its run_key) when due, and at its last evaluation its `end`; the queue
+            goes to the driver with a Tune report at most every REPORT_S and at every point's end
+    end:    per point: its outcome (completed / budget / diverged), or error with the traceback (an error in
+            the learner: the point leaves the pack, no retry, it would fail again). A Tune stop (Ctrl+C: a
+            SystemExit inside tune.report) ends the trial at once: the driver closes the runs it leaves open.
+            A storage failure (a checkpoint that cannot be written: a full disk) retries the whole trial: its
+            points resume from their checkpoints; one whose final checkpoint is there only says it ended.
 
 Checkpoints live by point id in the sweep's storage rather than in Tune's trial folders: a retry, a resumed
 sweep and a grown grid all find them the same way, and Tune never snapshots its experiment per checkpoint.
+What a killed trial had not reported is in its points' checkpoints, whose history the retry sends again.
 
 Fault injection (rnnsgd.sweep.faults), a testing aid: the driver forwards RNNSGD_FAULT to its trials.
 """
@@ -35,7 +34,7 @@ import socket
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,22 +45,17 @@ from rnnsgd.metrics import STEP
 from rnnsgd.sweep import faults
 from rnnsgd.sweep.diskspace import CHECKPOINT
 from rnnsgd.sweep.faults import Fault
-from rnnsgd.sweep.jobs import Job, TrialContext
+from rnnsgd.sweep.jobs import MESSAGES, Job, Message, TrialContext
 from rnnsgd.sweep.spec import Point
-from rnnsgd.sweep.tracking import RESTARTED, TrialRun, error_tag
 
 # Reports to Tune at most this often, and at every point's end: a report costs a few ms of the trial's core
 # and of the driver's, and a pack of 16 evaluates hundreds of times a minute. A Tune stop waits for the next.
 REPORT_S = 1.0
 
 
-class TrackingError(RuntimeError):
-    """MLflow failed inside a trial: infrastructure, so Tune retries the trial (unlike a learner error)."""
-
-
-class StorageError(TrackingError):
-    """A checkpoint could not be written or read (a full disk, a lost mount): infrastructure as well, so
-    Tune retries the trial, whose points resume from the checkpoints they have."""
+class StorageError(RuntimeError):
+    """A checkpoint could not be written or read (a full disk, a lost mount): infrastructure, so Tune retries
+    the trial (unlike a learner error), whose points resume from the checkpoints they have."""
 
 
 class CheckpointError(Exception):
@@ -117,7 +111,7 @@ class PointStore:
         except Exception as e:
             raise CheckpointError(f"unreadable checkpoint {path}: {type(e).__name__}: {e}") from e
         meta = saved.get("meta") if isinstance(saved, dict) else None
-        if not (isinstance(meta, dict) and "run_id" in meta and isinstance(saved.get("state"), dict)):
+        if not (isinstance(meta, dict) and "run_key" in meta and isinstance(saved.get("state"), dict)):
             raise CheckpointError(f"unreadable checkpoint {path}: not a checkpoint of rnnsgd")
         return saved
 
@@ -140,15 +134,15 @@ def _device(cfg: TrialConfig, gpus: list) -> str:
 
 @dataclass(eq=False)
 class Member:
-    """One point of the trial's pack: its config, run, resumed state and faults."""
+    """One point of the trial's pack: its config, resumed state and faults."""
 
     point: Point
+    run_key: str
     cfg: TrialConfig  # train.device resolved
-    run: TrialRun
     state: dict[str, Any] | None  # the checkpoint's trainer state, None for a fresh start
     meta: dict[str, Any]  # the checkpoint's meta ({} for a fresh start)
     faults: list[Fault]
-    ended: bool = False  # its run is closed
+    ended: bool = False  # its end is told
     last_ckpt: float = -float("inf")  # perf_counter() of its last checkpoint
 
 
@@ -157,8 +151,28 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, packs: list[list[Job]])
     Trial(ctx, packs[config["i"]]).run()
 
 
+@dataclass
+class Outbox:
+    """The messages for the driver since the last Tune report, and the counts every report carries."""
+
+    messages: list[Message] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=lambda: {"points_done": 0, "points_failed": 0})
+    reported: float = -float("inf")  # perf_counter() of the last report
+
+    def send(self, point_id: str, kind: str, data: Any) -> None:
+        self.messages.append(Message(point_id, kind, data))
+
+    def report(self, **result: Any) -> None:
+        """A Tune report with the messages (where a Tune stop reaches the trial: SystemExit)."""
+        from ray import tune
+
+        messages, self.messages = self.messages, []
+        self.reported = time.perf_counter()
+        tune.report({**result, **self.counts, MESSAGES: messages})
+
+
 class Trial:
-    """One trial's pack: each point attached to its run, trained, checkpointed, its run ended."""
+    """One trial's pack: each point resumed or started, trained, checkpointed, its end told to the driver."""
 
     def __init__(self, ctx: TrialContext, jobs: list[Job]) -> None:
         import ray
@@ -169,8 +183,8 @@ class Trial:
         torch.set_num_threads(max(1, int(ctx.resources.cpu)))  # its CPU share: more threads only spin
         os.umask(ctx.umask)  # its checkpoints are as private as the driver's files
         self.store = PointStore(ctx.storage, ctx.sweep)
-        self.counts = {"points_done": 0, "points_failed": 0}  # in this trial, earlier attempts included
-        self.members = [mb for mb in map(self.attach, jobs) if mb is not None]
+        self.out = Outbox()
+        self.members = [self.attach(job) for job in jobs]
         tags = {
             "device": self.device,
             "rnnsgd.host": socket.gethostname(),
@@ -179,114 +193,87 @@ class Trial:
             "rnnsgd.pack_size": str(len(jobs)),
         }
         for mb in self.members:
-            resumed = {"rnnsgd.resumed_from_step": str(mb.meta.get("step", 0))}
-            self.track("start", mb.run.start, mb.point, {**tags, **resumed})
-            if mb.state is not None:
-                self.track("relog", mb.run.relog, mb.state["history"])  # what the killed attempt had not sent
-        self.service_s = 0.0  # MLflow requests, checkpoints and Tune reports of every point of the pack
-        self.reported = -float("inf")  # perf_counter() of the last Tune report
+            if mb.state is None or mb.state["outcome"] is None:  # one that ended only says so (finish)
+                resumed = {"rnnsgd.resumed_from_step": str(mb.meta.get("step", 0))}
+                self.out.send(mb.point.point_id, "start", {**tags, **resumed})
+            if mb.state is not None:  # the history the driver may lack (a killed attempt's unreported tail)
+                self.out.send(mb.point.point_id, "evals", mb.state["history"])
         self.t_start = time.perf_counter()
+        self.out.report(step=0)  # the runs show as running at once
+        self.service_s = time.perf_counter() - self.t_start  # checkpoints and Tune reports of the whole pack
 
-    def track(self, what: str, fn, *args):
-        """fn(*args), an MLflow call: its failure is a TrackingError, which Tune retries."""
-        try:
-            return fn(*args)
-        except Exception as e:
-            uri = self.ctx.tracking_uri
-            raise TrackingError(f"MLflow at {uri}: {what}: {type(e).__name__}: {e}") from e
-
-    def attach(self, job: Job) -> Member | None:
-        """The point's one run (the driver's interrupted run, or one an earlier attempt opened) and its
-        checkpoint when that belongs to the run; None when an earlier attempt of this trial ended it."""
+    def attach(self, job: Job) -> Member:
+        """The point and its checkpoint when that belongs to the job's run."""
         point = job.point
-        run = self.track("attach", TrialRun.attach, self.ctx, point, job.run_id)
-        if run is None:
-            self.counts["points_done"] += 1
-            return None
         try:
             saved = self.store.load(point.point_id)
         except CheckpointError as e:
-            run, saved = self.restart(point, run, str(e)), None
-        if saved is not None and saved["meta"].get("run_id") != run.run_id:
+            self.restart(point, str(e))
+            saved = None
+        if saved is not None and saved["meta"]["run_key"] != job.run_key:
             saved = None  # left by an earlier run of the point, which failed: start afresh
         state, meta = (saved["state"], saved["meta"]) if saved else (None, {})
         point_faults = [f for f in self.ctx.faults if f.matches(point.point_id)]
         cfg = point.config.replace(**{"train.device": self.device})
-        return Member(point, cfg, run, state, meta, point_faults)
+        return Member(point, job.run_key, cfg, state, meta, point_faults)
 
-    def restart(self, point: Point, run: TrialRun, why: str) -> TrialRun:
+    def restart(self, point: Point, why: str) -> None:
         """An unreadable checkpoint: its point starts again from step 0, alone (its pack-mates resume from
-        their own). A run that has logged metrics ends FAILED, tagged RESTARTED with the reason, and a new
-        run takes the point, so that no run holds two histories; then the file goes (in this order, so that
-        an attempt that dies in between finds the same state or the new run)."""
+        their own). The driver is told first, then the file goes, so that an attempt that dies in between
+        finds the same state."""
         print(f"rnnsgd: point {point.point_id}: {why}: it starts again from step 0", file=sys.stderr)
-        if not run.new and self.track("restart", run.last_logged_step) >= 0:
-            tags = {"rnnsgd.error": why[:500], RESTARTED: why[:500]}
-            self.track("restart", run.finish, "error", tags)
-            run = self.track("restart", TrialRun.create, self.ctx, point)
+        self.out.send(point.point_id, "restart", why)
         try:
             self.store.delete(point.point_id)
         except Exception as e:
             path = self.store.path(point.point_id)
             raise StorageError(f"cannot delete {path}: {type(e).__name__}: {e}") from e
-        return run
 
     def train_s(self, mb: Member) -> float:
         """Its pack's training time while it was in it, over all attempts: this attempt's time, less the
-        MLflow requests, checkpoints and Tune reports of every point of the pack."""
+        checkpoints and Tune reports of every point of the pack."""
         return mb.meta.get("train_s", 0.0) + (time.perf_counter() - self.t_start) - self.service_s
 
     def on_eval(self, mb: Member, metrics: dict[str, float], trainer) -> None:
-        """Log the evaluation, checkpoint the point when it is due, end its run at its last evaluation,
-        report to Tune at most every REPORT_S. MLflow's and the storage's failures end the pack's run."""
-        from ray import tune
-
+        """Queue the evaluation, checkpoint the point when it is due, tell its end at its last evaluation,
+        report to Tune at most every REPORT_S. A storage failure ends the pack's run (Tune retries it)."""
         t0 = time.perf_counter()
         step = int(metrics[STEP])
-        self.log(mb, metrics, step, trainer, t0)
-        if trainer.outcome is not None or t0 - self.reported >= REPORT_S:
-            self.reported = t0
-            tune.report({"step": step, **self.counts})  # where a Tune stop (Ctrl+C, a scheduler) reaches it
+        self.out.send(mb.point.point_id, "evals", [metrics])
+        every_s = self.ctx.checkpoint_every_s
+        if every_s == 0 or t0 - mb.last_ckpt >= every_s or trainer.outcome is not None:
+            mb.last_ckpt = t0
+            meta = {"run_key": mb.run_key, "step": step, "train_s": self.train_s(mb)}
+            try:
+                self.store.save(mb.point.point_id, meta, trainer.state_dict())
+            except StorageError as e:
+                raise StorageError(f"at step {step}: {e}") from e
+        if trainer.outcome is not None:
+            self.end(mb, trainer.outcome, {"rnnsgd.train_s": f"{self.train_s(mb):.3f}"})
+        if trainer.outcome is not None or t0 - self.out.reported >= REPORT_S:
+            self.out.report(step=step)
         self.service_s += time.perf_counter() - t0
         faults.kill_after_checkpoint(mb.faults, step, fresh=mb.state is None)
 
-    def log(self, mb: Member, metrics: dict[str, float], step: int, trainer, t0: float) -> None:
-        """The evaluation to MLflow, a checkpoint to storage when due (t0: now), the run's end at the last
-        evaluation; StorageError or TrackingError when they fail (the trial is retried)."""
-        every_s = self.ctx.checkpoint_every_s
-        try:
-            mb.run.log(metrics, step)
-            if every_s == 0 or t0 - mb.last_ckpt >= every_s or trainer.outcome is not None:
-                mb.last_ckpt = t0
-                meta = {"run_id": mb.run.run_id, "step": step, "train_s": self.train_s(mb)}
-                self.store.save(mb.point.point_id, meta, trainer.state_dict())
-            if trainer.outcome is not None:
-                mb.run.finish(trainer.outcome, tags={"rnnsgd.train_s": f"{self.train_s(mb):.3f}"})
-                mb.ended = True
-                self.counts["points_done"] += 1
-        except StorageError as e:
-            raise StorageError(f"at step {step}: {e}") from e
-        except Exception as e:
-            raise TrackingError(f"MLflow at step {step}: {type(e).__name__}: {e}") from e
+    def end(self, mb: Member, outcome: str, tags: dict[str, str], tb: str | None = None) -> None:
+        self.out.send(mb.point.point_id, "end", {"outcome": outcome, "tags": tags, "traceback": tb})
+        mb.ended = True
+        self.out.counts["points_failed" if outcome == "error" else "points_done"] += 1
 
     def run(self) -> None:
-        """Train the pack in runs that fit the trial's memory, then end every run still open."""
-        from ray import tune
-
+        """Train the pack in runs that fit the trial's memory, then tell the end of every point still open."""
         try:
             self.train()
             total_s = (time.perf_counter() - self.t_start) - self.service_s
-            tune.report({"step": -1, "outcome": "done", "train_s": total_s, **self.counts})
-        except TrackingError:
+        except StorageError:
             raise  # Tune retries the trial from its points' checkpoints (FailureConfig)
-        except (SystemExit, KeyboardInterrupt):  # a Tune stop (a scheduler, Ctrl+C on the driver)
-            self.end_open("killed", {"rnnsgd.killed_reason": "stopped by Ray Tune"})
-            raise
         except Exception:  # the pack's own stepping raised: every point still in it FAILED, and no retry
             tb = traceback.format_exc()
-            self.end_open("error", {"rnnsgd.error": error_tag(tb)}, tb)
-            train_s = time.perf_counter() - self.t_start
-            tune.report({"step": -1, "outcome": "done", "train_s": train_s, **self.counts})
+            for mb in self.members:
+                if not mb.ended:
+                    self.end(mb, "error", {}, tb)
+            total_s = time.perf_counter() - self.t_start
+        self.out.report(step=-1, outcome="done", train_s=total_s)
 
     def train(self) -> None:
         from rnnsgd.memory import pack_bytes
@@ -312,31 +299,11 @@ class Trial:
                 self.finish(mb, result)
 
     def finish(self, mb: Member, result) -> None:
-        """End a point's run after its pack's run: FAILED when the learner raised (no retry: it would again),
-        else FINISHED (resumed from a checkpoint taken at its end, only its run was left to close)."""
+        """Tell a point's end after its pack's run: error when the learner raised (no retry: it would again),
+        else its outcome (resumed from a checkpoint taken at its end, only its end was left to tell)."""
         if mb.ended:
             return
         if result.status == "error":
-            _quietly(mb.run.finish, "error", {"rnnsgd.error": error_tag(result.error)}, result.error)
-            self.counts["points_failed"] += 1
+            self.end(mb, "error", {}, result.error)
         else:
-            tags = {"rnnsgd.train_s": f"{self.train_s(mb):.3f}"}
-            self.track("finish", mb.run.finish, result.status, tags)
-            self.counts["points_done"] += 1
-        mb.ended = True
-
-    def end_open(self, outcome: str, tags: dict[str, str], tb: str | None = None) -> None:
-        """On the way out of a stop or a failure: every run still open ends with `outcome`."""
-        for mb in self.members:
-            if not mb.ended:
-                _quietly(mb.run.finish, outcome, tags, tb)
-                if outcome == "error":
-                    self.counts["points_failed"] += 1
-
-
-def _quietly(fn, *args) -> None:
-    """Closing a run on the way out of a failure: report a second failure, do not mask the first."""
-    try:
-        fn(*args)
-    except Exception:
-        traceback.print_exc()
+            self.end(mb, result.status, {"rnnsgd.train_s": f"{self.train_s(mb):.3f}"})
