@@ -12,11 +12,14 @@
 #                     generated password kept in $MLFLOW_DIR/pgpass (mode 600, never on a command line);
 #                     sqlite: $MLFLOW_DIR/mlflow.db (fine for one host)            (default postgres)
 #   MLFLOW_HOST       the address the server binds                                 (default 127.0.0.1)
-#                     `private` = this host's first address (`hostname -I`): the cloud configs use it so that
-#                     trials on worker nodes can log; the cloud firewall admits only the cluster's own nodes
+#                     127.0.0.1 suits every `ray up` head: the sweep's driver runs there and is the only
+#                     process that writes MLflow (trials send their metrics with their Tune reports), so no
+#                     worker needs a route to it. `private` = this host's first address (`hostname -I`): only
+#                     KubeRay's sidecar uses it, for the driver of a RayJob, which runs in another pod
 #   MLFLOW_PORT       (default 5000)        MLFLOW_PG_PORT   PostgreSQL's port on 127.0.0.1 (default 5433)
 #   MLFLOW_ARTIFACTS  where artifacts go: s3://bucket/path, gs://bucket/path or a folder (default
-#                     $MLFLOW_DIR/artifacts). The server proxies every upload, so nodes need only reach the server.
+#                     $MLFLOW_DIR/artifacts). The server proxies every upload, so the driver needs only reach
+#                     the server.
 #   MLFLOW_WORKERS    server processes (default 2)
 #
 # As root (tests, CI) PostgreSQL runs as the `postgres` user that Debian's package creates: $MLFLOW_DIR must

@@ -6,7 +6,10 @@
 #      so that re-running `ray up` (which syncs ~/rnnsgd again) is all a code change needs; skipped where
 #      RNNSGD_SKIP_INSTALL=1 says that the login environment already has them (hosts prepared by hand; tests)
 #   2. the login environment of every later command (`ray start`, `ray submit`, `ray exec`, the jobs and trials
-#      Ray starts from them): token authentication on, and the head's MLflow server as the tracking URI
+#      Ray starts from them): token authentication on, and, on the head, the MLflow server that
+#      cluster/mlflow-server.sh started there as the tracking URI (for the sweep's driver and `rnnsgd status`
+#      in `ray exec`). Workers have no such server and need none: trials send their metrics to the driver with
+#      their Tune reports, and the driver alone writes MLflow
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 

@@ -1,5 +1,7 @@
 """cluster/: every `ray up` config passes Ray's own validation; the KubeRay manifests carry what KubeRay
-needs; the configs agree with the project (Ray version, image, token auth, MLflow by one shared script)."""
+needs; the configs agree with the project (Ray version, image, token auth, MLflow by one shared script).
+Trials never contact MLflow (they send their metrics to the driver with their Tune reports, and the driver
+on the head alone writes MLflow): MLflow binds the head's 127.0.0.1, and nothing opens its port to workers."""
 
 from __future__ import annotations
 
@@ -82,6 +84,51 @@ def test_cloud_configs_gpu_spot_autoscaling_from_zero(name):
     assert "MLFLOW_BACKEND=sqlite" not in " ".join(config["head_start_ray_commands"])  # PostgreSQL
 
 
+def _walk(node):
+    """Every (key, value) pair of a parsed YAML document, at any depth."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key, value
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _walk(item)
+
+
+def test_mlflow_server_script_binds_loopback_by_default():
+    text = (CLUSTER / "mlflow-server.sh").read_text()
+    assert "MLFLOW_HOST=${MLFLOW_HOST:-127.0.0.1}" in text
+    assert '--host "$MLFLOW_HOST"' in text  # the server binds what MLFLOW_HOST says, nothing wider
+    assert "0.0.0.0" not in text
+
+
+@pytest.mark.parametrize("path", RAY_UP, ids=lambda p: p.name)
+def test_ray_up_mlflow_on_the_heads_loopback_only(path):
+    """The driver on the head is MLflow's only client: MLflow binds 127.0.0.1 there, and nothing about the
+    workers (commands, firewall, security groups) concerns MLflow or its port."""
+    config = load(path)
+    text = path.read_text()
+    (start,) = [c for c in config["head_start_ray_commands"] if "mlflow-server.sh start" in c]
+    assert re.findall(r"\bMLFLOW_HOST=(\S+)", start) == ["127.0.0.1"], start
+    assert re.findall(r"MLFLOW_HOST=(\S+)", text) == ["127.0.0.1"]  # no other binding anywhere in the file
+    assert "MLFLOW_PORT" not in text  # the script's port (5000), on loopback
+    for key in ("worker_setup_commands", "worker_start_ray_commands"):
+        assert not any("mlflow" in c.lower() for c in config.get(key) or []), key  # workers need no MLflow
+    assert not any("mlflow" in o.lower() for o in config.get("docker", {}).get("worker_run_options", []))
+    # no security-group or firewall rule of our own: Ray's defaults (SSH from outside, the cluster's own
+    # traffic inside) stay, and MLflow's port is opened to no one
+    assert "5000" not in yaml.safe_dump(config)
+    for key, _ in _walk(config):
+        assert not re.search(r"security.?group|firewall|ippermission|networkinterface", str(key), re.I), key
+    for old in (
+        "so that trials",
+        "workers must reach",
+        "trials on the workers can log",
+        "MLFLOW_HOST=private",
+    ):
+        assert old not in text, old
+
+
 def test_onprem_config_is_the_local_provider_over_ssh():
     config = load(CLUSTER / "onprem.yaml")
     assert config["provider"]["type"] == "local" and config["provider"]["head_ip"]
@@ -113,6 +160,19 @@ def test_kuberay_raycluster():
     assert "cluster/mlflow-server.sh start" in " ".join(containers["mlflow"]["args"])  # the shared script
     env = {e["name"]: e.get("value") for e in containers["mlflow"]["env"]}
     assert env["MLFLOW_BACKEND"] == "postgres"
+    # MLflow's clients are the sweep's drivers alone: this head's jobs (the same pod) and rayjob.yaml's
+    # driver, a pod of another cluster, through this head's Service (ClusterIP: inside Kubernetes only). So
+    # the sidecar binds the pod's address, and no worker is given anything of MLflow.
+    assert env["MLFLOW_HOST"] == "private"
+    head_env = {e["name"]: e.get("value") for e in containers["ray-head"]["env"]}
+    assert head_env["MLFLOW_TRACKING_URI"] == "http://$(POD_IP):5000"
+    assert cluster["spec"]["headGroupSpec"].get("serviceType", "ClusterIP") == "ClusterIP"
+    (job,) = KUBERAY["rayjob.yaml"]
+    service = f"http://{cluster['metadata']['name']}-head-svc:5000"
+    assert f"--tracking-uri {service}" in job["spec"]["entrypoint"]
+    for group in cluster["spec"]["workerGroupSpecs"]:
+        assert "mlflow" not in yaml.safe_dump(group).lower()
+    assert not any(d["kind"] in ("Ingress", "Service") for d in docs)  # no way in from outside Kubernetes
     claim = cluster["spec"]["headGroupSpec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]
     assert any(
         d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == claim["claimName"] for d in docs
@@ -128,6 +188,9 @@ def test_kuberay_rayjob():
     assert spec["shutdownAfterJobFinishes"] is True
     assert "runtimeEnvYAML" not in spec  # a RayJob cannot upload a local folder: the code is in the image
     _cluster_spec_checks(spec["rayClusterSpec"])
+    # the job's own cluster runs no MLflow and gives none of its workers an MLflow address: the driver (the
+    # entrypoint, on its head) is the only MLflow client
+    assert "mlflow" not in yaml.safe_dump(spec["rayClusterSpec"]).lower()
 
 
 def test_dockerfile_builds_on_the_pinned_image():
