@@ -22,6 +22,12 @@ def duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def one_line(e: BaseException) -> str:
+    """An exception in one line: its type and the first line of its message."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
+
+
 def plural(n: int, word: str, many: str | None = None) -> str:
     """'1 trial', '2 trials' (many: the plural where it is not word + 's')."""
     return f"{n} {word if n == 1 else (many or word + 's')}"

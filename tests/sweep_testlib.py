@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +90,18 @@ def log_points(uri: str, sweep: str, rows) -> None:
         metrics = [Metric(k, float(v), 0, 1) for k, v in row.items() if "/" in k and k not in FLAT_KEYS]
         c.log_batch(run_id, metrics=metrics, params=params, tags=[RunTag("rnnsgd.role", "trial")])
         c.set_terminated(run_id, "FINISHED")
+
+
+def start_driver(
+    path: Path, uri: str, storage: str, ray_address: str, log, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """`rnnsgd sweep` as a user runs it, in a subprocess joined to the test's Ray, its output into `log`."""
+    cmd = [sys.executable, "-m", "rnnsgd.cli", "sweep", str(path), "--tracking-uri", uri]
+    cmd += ["--storage", storage]
+    env = {**os.environ, "RAY_ADDRESS": ray_address, **(env or {})}
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=path.parent)
+
+
+def read_back(log) -> str:
+    log.seek(0)
+    return log.read()

@@ -9,29 +9,16 @@ import io
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from sweep_testlib import by_point, client, steps, sweep_runs, write_sweep
+from sweep_testlib import by_point, client, read_back, start_driver, steps, sweep_runs, write_sweep
 
 from rnnsgd.sweep.runner import run_sweep
 from rnnsgd.sweep.spec import load_sweep
 
 pytestmark = pytest.mark.slow  # each test runs real sweeps
-
-
-def start_driver(path: Path, uri: str, storage: str, ray_address: str, log) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "rnnsgd.cli", "sweep", str(path), "--tracking-uri", uri]
-    cmd += ["--storage", storage]
-    env = {**os.environ, "RAY_ADDRESS": ray_address}
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=path.parent)
-
-
-def read_back(log) -> str:
-    log.seek(0)
-    return log.read()
 
 
 def run_driver(path: Path, uri: str, storage: str, ray_address: str) -> tuple[int, str]:

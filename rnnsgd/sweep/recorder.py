@@ -23,6 +23,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from rnnsgd.console import one_line
 from rnnsgd.sweep.jobs import MESSAGES, Job, Message
 from rnnsgd.sweep.tracking import RESTARTED, PointRun, SweepRun, error_tag
 
@@ -78,7 +79,7 @@ class Recorder(Callback):
         try:
             fn(*args)
         except Exception as e:
-            self.error = f"MLflow at {self.where.tracking_uri} failed: {type(e).__name__}: {e}"
+            self.error = f"MLflow at {self.where.tracking_uri} failed: {one_line(e)}"
             raise TrackingError(self.error) from e
 
     def _take(self, messages: list[Message]) -> None:

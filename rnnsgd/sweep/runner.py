@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from rnnsgd.config import TrialConfig, format_value, schedule
-from rnnsgd.console import plural
+from rnnsgd.console import one_line, plural
 from rnnsgd.sweep.diskspace import (
     check_free_space,
     checkpoint_bytes,
@@ -390,7 +390,7 @@ def _drive(
         _close(sweep, tracker, where, ctx, plan, concurrency, out, stopped="the driver was interrupted")
         raise
     except Exception as e:
-        _close(sweep, tracker, where, ctx, plan, concurrency, out, error=f"the driver failed: {_short(e)}")
+        _close(sweep, tracker, where, ctx, plan, concurrency, out, error=f"the driver failed: {one_line(e)}")
         raise
     return _close(sweep, tracker, where, ctx, plan, concurrency, out)
 
@@ -435,12 +435,6 @@ def _say_plan(sweep: Sweep, plan: Plan, concurrency: int, out: TextIO) -> None:
     out.flush()
 
 
-def _short(e: BaseException) -> str:
-    """An exception in one line: its type and the first line of its message."""
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
-
-
 def _disk_fault(sweep: Sweep, ctx: TrialContext, uri: str, ran: TuneRun) -> str | None:
     """'no space left on device in <folder>' when trials failed or Tune raised and the storage's or the SQLite
     store's filesystem has not even room for a checkpoint left (or their errors say so)."""
@@ -472,15 +466,17 @@ class _Writes:
         try:
             fn(*args)
         except Exception as e:
-            self.failed.append(_short(e))
+            self.failed.append(one_line(e))
 
-    def fault(self, uri: str) -> str | None:
+    def fault(self, uri: str, known: bool) -> str | None:
+        """What failed, with the first error unless it is `known` (MLflow had failed before the close-up)."""
         if not self.failed:
             return None
         n = len(self.failed)
+        why = "" if known else f" ({self.failed[0]})"
         return (
-            f"{n} write{'s' * (n > 1)} to MLflow at {uri} failed ({self.failed[0]}): runs it could not close "
-            "stay RUNNING until the next run of this sweep marks them KILLED"
+            f"{n} write{'s' * (n > 1)} to MLflow at {uri} failed{why}: runs it could not close stay RUNNING "
+            "until the next run of this sweep marks them KILLED"
         )
 
 
@@ -522,7 +518,7 @@ def _close(
             prune(ctx.storage, sweep.name, keep)
         except OSError as e:
             out.write(f"[{sweep.name}] could not prune old checkpoints in {ctx.storage}: {e}\n")
-    fault = _join(fault, write.fault(where.tracking_uri))
+    fault = _join(fault, write.fault(where.tracking_uri, known=tracking is not None))
     return SweepReport(
         name=sweep.name,
         tracking_uri=where.tracking_uri,
@@ -553,7 +549,7 @@ def _settle(
     try:
         children = tracker.children(where.experiment_id, where.parent_run_id)
     except Exception as e:
-        write.failed.append(_short(e))
+        write.failed.append(one_line(e))
         missing = len(sweep.points) - plan.done_before
         return {"done": plan.done_before, "failed": 0, "missing": missing}, None
     counts, keep = {"done": 0, "failed": 0, "missing": 0}, set()
@@ -665,7 +661,7 @@ def _tune(sweep: Sweep, plan: Plan, ctx: TrialContext, concurrency: int, out: Te
     try:
         tuner.fit()
     except Exception as e:
-        plan.ran.raised = _short(e)
+        plan.ran.raised = one_line(e)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
