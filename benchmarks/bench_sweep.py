@@ -109,7 +109,7 @@ def run_once(file: str, variant: str | None, sets: list[str], quiet: bool = Fals
             f"shut-down {numbers['shutdown_s']} s"
         )
         print(
-            f"  inside the trials but not training (MLflow, checkpoints, reports to Tune): {service:.1f} s "
+            f"  inside the trials but not training (checkpoints, reports to Tune): {service:.1f} s "
             f"in all, {service / len(trials):.2f} s per trial"
         )
     return numbers, runs
