@@ -21,7 +21,8 @@ Before timing, each contender's gradient at W' = 0 on the first sample of each o
 ours (rnnsgd.train.sgd_steps with eta = 1): `grad dev` is max |g - g_ours| / max |g_ours| over its models.
 Rounds are interleaved (each round runs every contender once, for about --seconds); the table gives the
 median per-model steps/s over the rounds and their min-max range, ratios to ours, and `cpu/wall`: this
-process's CPU time over the wall time (about 1 when one thread works).
+process's CPU time over the wall time (about 1 when one thread works). On a CPU the process is pinned to as
+many cores as --threads gives every contender (XLA runs threads of its own whatever its flags say).
 
 Bandwidth limit: one model-step streams the m x m float32 W (W + W') about 2L + 5 times (forward, BPTT, the
 sum, the update). `read` is the best of a few timed torch.sum over a buffer the size of the pack's W
@@ -391,6 +392,17 @@ max |g - g_ours| / max |g_ours| at W' = 0 on the first sample of each model ('re
 # ---------------------------------------------------------------------------------------------- main
 
 
+def pin(args: argparse.Namespace) -> str | None:
+    """On a CPU with --threads N, this process and every thread it starts (XLA's too) on the first N of its
+    CPUs, so that every contender has the N cores and no more: XLA's CPU runtime runs work on threads of its
+    own whatever its one-thread flags say (benchmarks/README.md)."""
+    if args.device != "cpu" or not args.threads or not hasattr(os, "sched_setaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))[: args.threads]
+    os.sched_setaffinity(0, cpus)
+    return ",".join(map(str, cpus))
+
+
 def load_jax(args: argparse.Namespace):
     """jax with the thread and platform settings made before its import, or None (with a printed note)."""
     if args.no_jax:
@@ -454,11 +466,12 @@ def main(argv: list[str] | None = None) -> int:
             f"bench_peers: --device cuda, but torch {torch.__version__} sees no CUDA device", file=sys.stderr
         )
         return 2
+    pinned = pin(args)
     jax = load_jax(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*RNN module weights are not part of single contiguous.*")
-    machine = machine_line(args, jax)
+    machine = machine_line(args, jax) + (f"; pinned to CPU {pinned}" if pinned else "")
     print(f"{machine}\nmedians of {args.rounds} interleaved rounds of ~{args.seconds:g} s per contender")
     print(HEAD)
     rows = []
